@@ -18,8 +18,6 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["tfnas", "tfnas.*"]),
-    include_package_data=True,
-    package_data={"tfnas": ["configs/*.yaml"]},
     install_requires=[
         "keras>=3.10,<4",
         "tensorflow-datasets>=4.9",
