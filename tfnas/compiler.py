@@ -1,0 +1,145 @@
+"""Model compiler: model descriptor + compiler options -> keras.Model.
+
+Search and evaluation networks come from the same compiler; the options (seed 000) decide what differs:
+auxiliary towers and drop path only in evaluation, affine BatchNorms only in evaluation. Weights are
+created from the descriptor's channel counts while the layers are constructed, so compiling runs no
+TensorFlow graph at all: even the DARTS CIFAR search network builds in about a second.
+"""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfnas import ops
+from tfnas.descriptors import concat_states, validate
+from tfnas.proto import descriptors_pb2 as pb
+
+SEARCH_OPTIONS = pb.CompilerOptions(aux_towers=False, drop_path=False, affine=False)
+EVAL_OPTIONS = pb.CompilerOptions(aux_towers=True, drop_path=True, affine=True)
+
+
+def drop_path(x, rate, seed_generator):
+    """Zeroes whole examples of one edge's output with probability `rate`, rescaling the rest (DARTS)."""
+    keep = 1.0 - rate
+    noise = keras.random.uniform([tf.shape(x)[0], 1, 1, 1], seed=seed_generator, dtype=x.dtype)
+    return x * (tf.floor(keep + noise) / keep)
+
+
+class Cell(keras.layers.Layer):
+    """One cell: preprocess s0 and s1, each node sums its edges, the output concatenates `concat`."""
+
+    def __init__(self, desc: pb.CellDesc, options: pb.CompilerOptions, **kw):
+        super().__init__(name=desc.id or None, **kw)
+        self.desc = desc
+        self.options = options
+        self.pre0 = ops.create(desc.s0_op, options)
+        self.pre1 = ops.create(desc.s1_op, options)
+        self.edges = []  # per node: list of (input states, layer, apply drop path)
+        self._edge_layers = []
+        for node in desc.nodes:
+            node_edges = []
+            for edge in node.edges:
+                layer = ops.create(edge.op, options)
+                identity = getattr(layer, "is_identity", False)
+                node_edges.append((list(edge.inputs), layer, options.drop_path and not identity))
+                self._edge_layers.append(layer)
+            self.edges.append(node_edges)
+        self.concat = concat_states(desc)
+        self.built = True
+
+    def call(self, s0, s1, edge_weights=None, drop_rate=None, seed_generator=None, training=False):
+        states = [self.pre0(s0, training=training), self.pre1(s1, training=training)]
+        for node_edges in self.edges:
+            total = None
+            for inputs, layer, use_drop_path in node_edges:
+                if layer.desc.name == "mixed":
+                    rows = edge_weights[layer.desc.alpha_group]
+                    y = layer(states[inputs[0]], weights=rows[layer.desc.alpha_index], training=training)
+                else:
+                    y = layer(*[states[i] for i in inputs], training=training)
+                if use_drop_path and training:
+                    y = drop_path(y, drop_rate, seed_generator)
+                total = y if total is None else total + y
+            states.append(total)
+        return tf.concat([states[i] for i in self.concat], axis=-1)
+
+
+class NasModel(keras.Model):
+    """A network compiled from a ModelDesc. `call` returns logits; `forward` also the auxiliary logits.
+
+    Architecture parameters (one [edges x primitives] matrix per alpha group) are variables of this
+    model, kept apart from the weights: `alphas` and `weights_only` are the two disjoint sets the search
+    optimisers update.
+    """
+
+    def __init__(self, desc: pb.ModelDesc, options: pb.CompilerOptions = SEARCH_OPTIONS, **kw):
+        super().__init__(name=kw.pop("name", "tfnas_model"), **kw)
+        validate(desc)
+        self.desc = desc
+        self.options = options
+        self.stem = ops.create(desc.stem, options)
+        self.cells = [Cell(c, options) for c in desc.cells]
+        self.pool = ops.create(desc.pool, options)
+        self.classifier = ops.create(desc.logits, options)
+        self.aux = []
+        if options.aux_towers:
+            self.aux = [(a.after_cell, a.loss_weight, ops.create(a.op, options)) for a in desc.aux_towers]
+            self._aux_layers = [t for _, _, t in self.aux]
+        self.alpha_vars = {}
+        for group in sorted(desc.alpha_groups):
+            spec = desc.alpha_groups[group]
+            shape = (spec.num_edges, len(spec.primitives))
+            init = np.zeros(shape, np.float32)
+            if spec.values:
+                init = np.asarray(spec.values, np.float32).reshape(shape)
+            self.alpha_vars[group] = self.add_weight(
+                name=f"alpha_{group}", shape=shape, initializer=keras.initializers.Constant(init))
+        self.drop_rate = None
+        self.seed_generator = None
+        if options.drop_path:
+            self.drop_rate = self.add_weight(name="drop_path_rate", shape=(), initializer="zeros", trainable=False)
+            self.seed_generator = keras.random.SeedGenerator(0)
+        self.built = True
+
+    @property
+    def alphas(self) -> list:
+        return [self.alpha_vars[g] for g in sorted(self.alpha_vars)]
+
+    @property
+    def weights_only(self) -> list:
+        """Trainable variables that are not architecture parameters."""
+        alpha_ids = {id(a) for a in self.alphas}
+        return [v for v in self.trainable_variables if id(v) not in alpha_ids]
+
+    def edge_weights(self) -> dict:
+        """softmax(alpha) per group, split into Python lists of scalar tensors once per forward pass."""
+        out = {}
+        for group, alpha in self.alpha_vars.items():
+            rows = tf.unstack(tf.nn.softmax(alpha, axis=-1))
+            out[group] = [tf.unstack(r) for r in rows]
+        return out
+
+    def forward(self, x, training=False):
+        s0 = s1 = self.stem(x, training=training)
+        weights = self.edge_weights()
+        aux_logits = []
+        for i, cell in enumerate(self.cells):
+            s0, s1 = s1, cell(s0, s1, edge_weights=weights, drop_rate=self.drop_rate,
+                              seed_generator=self.seed_generator, training=training)
+            if training:
+                aux_logits.extend(t(s1, training=training) for at, _, t in self.aux if at == i)
+        return self.classifier(self.pool(s1)), aux_logits
+
+    def call(self, x, training=False):
+        return self.forward(x, training=training)[0]
+
+
+def compile_model(desc: pb.ModelDesc, options: pb.CompilerOptions = SEARCH_OPTIONS) -> NasModel:
+    return NasModel(desc, options)
+
+
+def count_params(model: NasModel, include_aux: bool = True) -> int:
+    """Trainable parameters, architecture parameters excluded (as the DARTS code counts them)."""
+    aux_ids = {id(v) for _, _, t in model.aux for v in t.trainable_variables}
+    return int(sum(np.prod(v.shape) for v in model.weights_only if include_aux or id(v) not in aux_ids))

@@ -1,0 +1,123 @@
+"""DARTS-style genotypes: the published cells, conversion to and from descriptors, and expansion.
+
+A genotype lists, per intermediate node, its (operation, input state) pairs: state 0 = s0, 1 = s1,
+2 + i = node i; `*_concat` are the states joined into the cell output. The published genotypes are the
+ones reported by DARTS (Liu et al., ICLR 2019) and PC-DARTS (Xu et al., ICLR 2020) for CIFAR-10.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+from tfnas import macro as macro_lib
+from tfnas.proto import config_pb2
+from tfnas.proto import descriptors_pb2 as pb
+
+
+class Genotype(NamedTuple):
+    normal: list[tuple[str, int]]
+    normal_concat: list[int]
+    reduce: list[tuple[str, int]]
+    reduce_concat: list[int]
+
+
+def _pairs(text: str) -> list[tuple[str, int]]:
+    """'sep_conv_3x3 1, skip_connect 0, ...' -> [('sep_conv_3x3', 1), ('skip_connect', 0), ...]."""
+    return [(op, int(i)) for op, i in (p.split() for p in text.split(","))]
+
+
+PUBLISHED: dict[str, Genotype] = {
+    "DARTS_V1": Genotype(
+        normal=_pairs("sep_conv_3x3 1, sep_conv_3x3 0, skip_connect 0, sep_conv_3x3 1, "
+                      "skip_connect 0, sep_conv_3x3 1, sep_conv_3x3 0, skip_connect 2"),
+        normal_concat=[2, 3, 4, 5],
+        reduce=_pairs("max_pool_3x3 0, max_pool_3x3 1, skip_connect 2, max_pool_3x3 0, "
+                      "max_pool_3x3 0, skip_connect 2, skip_connect 2, avg_pool_3x3 0"),
+        reduce_concat=[2, 3, 4, 5]),
+    "DARTS_V2": Genotype(
+        normal=_pairs("sep_conv_3x3 0, sep_conv_3x3 1, sep_conv_3x3 0, sep_conv_3x3 1, "
+                      "sep_conv_3x3 1, skip_connect 0, skip_connect 0, dil_conv_3x3 2"),
+        normal_concat=[2, 3, 4, 5],
+        reduce=_pairs("max_pool_3x3 0, max_pool_3x3 1, skip_connect 2, max_pool_3x3 1, "
+                      "max_pool_3x3 0, skip_connect 2, skip_connect 2, max_pool_3x3 1"),
+        reduce_concat=[2, 3, 4, 5]),
+    "PC_DARTS": Genotype(
+        normal=_pairs("sep_conv_3x3 1, skip_connect 0, sep_conv_3x3 0, dil_conv_3x3 1, "
+                      "sep_conv_5x5 0, sep_conv_3x3 1, avg_pool_3x3 0, dil_conv_3x3 1"),
+        normal_concat=[2, 3, 4, 5],
+        reduce=_pairs("sep_conv_5x5 1, max_pool_3x3 0, sep_conv_5x5 1, sep_conv_5x5 2, "
+                      "sep_conv_3x3 0, sep_conv_3x3 3, sep_conv_3x3 1, sep_conv_3x3 2"),
+        reduce_concat=[2, 3, 4, 5]),
+}
+PUBLISHED["DARTS"] = PUBLISHED["DARTS_V2"]
+
+
+def lookup(name: str) -> Genotype | None:
+    """A published genotype by name, case-insensitively ('darts_v2', 'DARTS-V2', 'pc_darts')."""
+    key = name.upper().replace("-", "_")
+    return PUBLISHED.get(key)
+
+
+def _cell_pairs(cell: pb.CellDesc) -> list[tuple[str, int]]:
+    pairs = []
+    for ni, node in enumerate(cell.nodes):
+        for ei, edge in enumerate(node.edges):
+            if edge.op.name == "mixed" or len(edge.inputs) != 1:
+                raise ValueError(f"cell {cell.id}, node {ni}, edge {ei}: not a finalised single-input edge"
+                                 f" ({edge.op.name}); a genotype holds only plain operations")
+            pairs.append((edge.op.name, edge.inputs[0]))
+    return pairs
+
+
+def from_desc(desc: pb.ModelDesc) -> Genotype:
+    """The genotype of a finalised descriptor: its first normal and first reduction cell."""
+    normal = next((c for c in desc.cells if c.cell_type == pb.NORMAL), None)
+    reduce = next((c for c in desc.cells if c.cell_type == pb.REDUCTION), None)
+    if normal is None:
+        raise ValueError("the descriptor has no normal cell")
+    reduce = reduce or normal
+    from tfnas.descriptors import concat_states
+    return Genotype(_cell_pairs(normal), concat_states(normal), _cell_pairs(reduce), concat_states(reduce))
+
+
+def fill_cell(cell: pb.CellDesc, pairs: Sequence[tuple[str, int]], concat: Sequence[int],
+              edges_per_node: int | None = None) -> None:
+    """Replaces the cell's nodes by the genotype's: consecutive pairs belong to one node."""
+    per_node = edges_per_node or 2
+    if len(pairs) % per_node:
+        raise ValueError(f"{len(pairs)} (op, input) pairs cannot be split into nodes of {per_node} edges")
+    del cell.nodes[:]
+    for n in range(len(pairs) // per_node):
+        node = cell.nodes.add(id=f"{cell.id}.n{n}")
+        for k, (op, state) in enumerate(pairs[n * per_node:(n + 1) * per_node]):
+            node.edges.add(op=macro_lib.make_op(cell, n, state, op, suffix=f".{k}"), inputs=[state])
+    del cell.concat[:]
+    cell.concat.extend(concat)
+
+
+def to_desc(genotype: Genotype, macro: config_pb2.MacroConfig, input_shape: Sequence[int],
+            num_classes: int, source: str = "") -> pb.ModelDesc:
+    """Expands a cell pair into a network of any depth and width (the evaluation network)."""
+    macro = config_pb2.MacroConfig().__class__.FromString(macro.SerializeToString())
+    macro.nodes = len(genotype.normal) // 2
+    desc = macro_lib.build_macro(macro, input_shape, num_classes)
+    for cell in desc.cells:
+        if cell.cell_type == pb.REDUCTION:
+            fill_cell(cell, genotype.reduce, genotype.reduce_concat)
+        else:
+            fill_cell(cell, genotype.normal, genotype.normal_concat)
+    desc.source = source
+    return macro_lib.rewire(desc)
+
+
+def expand(final: pb.ModelDesc, macro: config_pb2.MacroConfig, input_shape: Sequence[int] | None = None,
+           num_classes: int | None = None) -> pb.ModelDesc:
+    """A finalised (searched) descriptor re-laid out at another depth and width: its first normal and
+    reduction cells are copied into every cell of the new macro structure."""
+    return to_desc(from_desc(final), macro, input_shape or list(final.input_shape),
+                   num_classes or final.num_classes, source=final.source)
+
+
+def format_genotype(g: Genotype) -> str:
+    fmt = lambda pairs: "[" + ", ".join(f"('{o}', {i})" for o, i in pairs) + "]"  # noqa: E731
+    return (f"Genotype(normal={fmt(g.normal)}, normal_concat={list(g.normal_concat)}, "
+            f"reduce={fmt(g.reduce)}, reduce_concat={list(g.reduce_concat)})")

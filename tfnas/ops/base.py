@@ -1,0 +1,127 @@
+"""Shared building blocks of the operations: raw-TF BatchNorm and convolutions inside Keras layers.
+
+Why raw TF ops rather than nested Keras layers: a DARTS search network has thousands of small ops, and
+each nested Keras layer adds Python work to every trace and a handful of graph ops to every step.
+Here a whole ReLU-conv-BN block is one layer whose `call` emits exactly the TF ops it needs, and weights
+are created in `__init__` from the descriptor's channels, so a model is built without any tracing.
+"""
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+from tfnas.proto import descriptors_pb2 as pb
+
+BN_MOMENTUM = 0.1  # PyTorch convention (new = (1 - m) * old + m * batch), as in the DARTS code.
+BN_EPSILON = 1e-5
+
+
+def layer_name(desc: pb.OpDesc) -> str | None:
+    """Keras forbids '/' in layer names; descriptor ids use '.' so they map one to one."""
+    return desc.id.replace("/", ".") or None
+
+
+def torch_like_init(fan_in: int):
+    """PyTorch's default conv/linear init (kaiming_uniform with a = sqrt(5)): U(+-1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(max(fan_in, 1))
+    return keras.initializers.RandomUniform(-bound, bound)
+
+
+class OpLayer(keras.layers.Layer):
+    """Base of every operation: keeps its descriptor and builds its weights eagerly in __init__."""
+
+    def __init__(self, desc: pb.OpDesc, options: pb.CompilerOptions, **kwargs):
+        super().__init__(name=layer_name(desc), **kwargs)
+        self.desc = desc
+        self.options = options
+        self.stride = desc.stride or 1
+        if self.stride not in (1, 2):
+            raise ValueError(f"operation {desc.id or desc.name}: stride must be 1 or 2, got {self.stride}")
+
+    def finish_build(self) -> None:
+        self.built = True
+
+    def conv_weight(self, name: str, kh: int, kw: int, c_in: int, c_out: int):
+        return self.add_weight(name=name, shape=(kh, kw, c_in, c_out),
+                               initializer=torch_like_init(kh * kw * c_in))
+
+    def depthwise_weight(self, name: str, k: int, channels: int):
+        # A grouped conv with groups = channels has fan_in k * k in PyTorch.
+        return self.add_weight(name=name, shape=(k, k, channels, 1), initializer=torch_like_init(k * k))
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, _ = input_shape
+        s = self.stride
+        out = lambda d: None if d is None else -(-d // s)  # noqa: E731 - ceil(d / s)
+        return (n, out(h), out(w), self.desc.out_channels or self.desc.in_channels)
+
+
+class BatchNorm:
+    """Fused BatchNorm over NHWC with moving statistics, affine or not; owned by an OpLayer."""
+
+    def __init__(self, owner: keras.layers.Layer, name: str, channels: int, affine: bool):
+        self.affine = affine
+        self.channels = channels
+        if affine:
+            self.gamma = owner.add_weight(name=f"{name}_gamma", shape=(channels,), initializer="ones")
+            self.beta = owner.add_weight(name=f"{name}_beta", shape=(channels,), initializer="zeros")
+        self.moving_mean = owner.add_weight(name=f"{name}_mean", shape=(channels,), initializer="zeros",
+                                            trainable=False)
+        self.moving_var = owner.add_weight(name=f"{name}_var", shape=(channels,), initializer="ones",
+                                           trainable=False)
+
+    def __call__(self, x, training: bool):
+        if self.affine:
+            scale, offset = self.gamma.value, self.beta.value
+        else:
+            scale = tf.ones([self.channels], x.dtype)
+            offset = tf.zeros([self.channels], x.dtype)
+        if training:
+            y, mean, var, *_ = tf.raw_ops.FusedBatchNormV3(
+                x=x, scale=scale, offset=offset, mean=self.moving_mean.value, variance=self.moving_var.value,
+                epsilon=BN_EPSILON, exponential_avg_factor=BN_MOMENTUM, data_format="NHWC", is_training=True)
+            # The op returns the updated moving averages when exponential_avg_factor != 1.
+            self.moving_mean.assign(tf.stop_gradient(mean))
+            self.moving_var.assign(tf.stop_gradient(var))
+            return y
+        y, *_ = tf.raw_ops.FusedBatchNormV3(
+            x=x, scale=scale, offset=offset, mean=self.moving_mean.value, variance=self.moving_var.value,
+            epsilon=BN_EPSILON, data_format="NHWC", is_training=False)
+        return y
+
+
+def pad_amount(kernel: int, dilation: int = 1) -> int:
+    """Symmetric padding of the DARTS code: a stride-1 op keeps the size, a stride-2 op gives ceil(n/2)."""
+    return dilation * (kernel - 1) // 2
+
+
+def conv2d(x, w, stride: int = 1, padding: int = 0):
+    if padding == 0:
+        return tf.nn.conv2d(x, w, stride, "VALID")
+    if stride == 1:
+        return tf.nn.conv2d(x, w, 1, "SAME")  # odd kernel, stride 1: SAME is the symmetric padding
+    return tf.nn.conv2d(x, w, stride, [[0, 0], [padding, padding], [padding, padding], [0, 0]])
+
+
+def depthwise(x, w, stride: int, padding: int, dilation: int = 1):
+    """Depthwise conv with PyTorch-style symmetric padding, native strides and exact gradients.
+
+    TF's native dilated depthwise kernel has no dilated backward pass, so dilation goes through
+    tf.nn.depthwise_conv2d (space-to-batch). A dilation-2, stride-2 conv reads only even rows and
+    columns, so it equals an undilated stride-1 conv on the even-indexed pixels with half the padding:
+    4x less work than a dilated conv followed by subsampling.
+    """
+    if dilation == 1:
+        if stride == 1:
+            return tf.nn.depthwise_conv2d(x, w, [1, 1, 1, 1], "SAME")
+        return tf.nn.depthwise_conv2d(x, w, [1, stride, stride, 1],
+                                      [[0, 0], [padding, padding], [padding, padding], [0, 0]])
+    if stride == 1:
+        return tf.nn.depthwise_conv2d(x, w, [1, 1, 1, 1], "SAME", dilations=[dilation, dilation])
+    if dilation != stride or padding % stride:
+        raise ValueError("strided dilated depthwise conv needs dilation == stride and padding % stride == 0")
+    half = padding // stride
+    return tf.nn.depthwise_conv2d(x[:, ::stride, ::stride, :], w, [1, 1, 1, 1],
+                                  [[0, 0], [half, half], [half, half], [0, 0]])

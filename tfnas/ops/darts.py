@@ -1,0 +1,176 @@
+"""The DARTS operations (Liu et al., ICLR 2019): the eight candidates and the cell preprocessing.
+
+Shapes and parameter counts follow the reference implementation exactly (bias-free convs, one BN per
+conv block, FactorizedReduce as two shifted stride-2 1x1 convs); `tests/test_ops.py` pins them.
+Every BatchNorm inside a cell is affine only when the compiler options say so (evaluation).
+"""
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tfnas.ops.base import BatchNorm, OpLayer, conv2d, depthwise, pad_amount
+from tfnas.ops.registry import register
+
+# Candidate operations of DARTS, in the order of the reference code (the alpha column order).
+DARTS_PRIMITIVES = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
+                    "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
+
+
+@register("relu_conv_bn")
+class ReluConvBN(OpLayer):
+    """ReLU -> kxk conv -> BN; with k = 1 it is the preprocessing of a cell input."""
+
+    def __init__(self, desc, options, **kw):
+        super().__init__(desc, options, **kw)
+        k = desc.kernel_size or 1
+        self.padding = pad_amount(k)
+        self.w = self.conv_weight("kernel", k, k, desc.in_channels, desc.out_channels)
+        self.bn = BatchNorm(self, "bn", desc.out_channels, options.affine)
+        self.finish_build()
+
+    def call(self, x, training=False):
+        return self.bn(conv2d(tf.nn.relu(x), self.w, self.stride, self.padding), training)
+
+
+@register("sep_conv_3x3", kernel_size=3)
+@register("sep_conv_5x5", kernel_size=5)
+@register("sep_conv_7x7", kernel_size=7)
+class SepConv(OpLayer):
+    """Two blocks of ReLU -> depthwise kxk -> pointwise 1x1 -> BN; the first block carries the stride."""
+
+    def __init__(self, desc, options, kernel_size: int, **kw):
+        super().__init__(desc, options, **kw)
+        c_in, c_out = desc.in_channels, desc.out_channels or desc.in_channels
+        self.padding = pad_amount(kernel_size)
+        self.dw1 = self.depthwise_weight("dw1", kernel_size, c_in)
+        self.pw1 = self.conv_weight("pw1", 1, 1, c_in, c_in)
+        self.bn1 = BatchNorm(self, "bn1", c_in, options.affine)
+        self.dw2 = self.depthwise_weight("dw2", kernel_size, c_in)
+        self.pw2 = self.conv_weight("pw2", 1, 1, c_in, c_out)
+        self.bn2 = BatchNorm(self, "bn2", c_out, options.affine)
+        self.finish_build()
+
+    def call(self, x, training=False):
+        x = depthwise(tf.nn.relu(x), self.dw1, self.stride, self.padding)
+        x = self.bn1(tf.nn.conv2d(x, self.pw1, 1, "VALID"), training)
+        x = depthwise(tf.nn.relu(x), self.dw2, 1, self.padding)
+        return self.bn2(tf.nn.conv2d(x, self.pw2, 1, "VALID"), training)
+
+
+@register("dil_conv_3x3", kernel_size=3)
+@register("dil_conv_5x5", kernel_size=5)
+class DilConv(OpLayer):
+    """ReLU -> depthwise kxk with dilation 2 -> pointwise 1x1 -> BN."""
+
+    DILATION = 2
+
+    def __init__(self, desc, options, kernel_size: int, **kw):
+        super().__init__(desc, options, **kw)
+        c_in, c_out = desc.in_channels, desc.out_channels or desc.in_channels
+        self.padding = pad_amount(kernel_size, self.DILATION)
+        self.dw = self.depthwise_weight("dw", kernel_size, c_in)
+        self.pw = self.conv_weight("pw", 1, 1, c_in, c_out)
+        self.bn = BatchNorm(self, "bn", c_out, options.affine)
+        self.finish_build()
+
+    def call(self, x, training=False):
+        x = depthwise(tf.nn.relu(x), self.dw, self.stride, self.padding, self.DILATION)
+        return self.bn(tf.nn.conv2d(x, self.pw, 1, "VALID"), training)
+
+
+@register("factorized_reduce")
+class FactorizedReduce(OpLayer):
+    """Halves the resolution without losing half the pixels: ReLU, two stride-2 1x1 convs (the second on
+    the input shifted by one pixel), concatenated on channels, then BN.
+
+    On odd sizes the reference code breaks (the shifted path is one pixel smaller); here the shifted input
+    is zero-padded at the far edge so both paths give ceil(n / 2), like every other stride-2 op.
+    """
+
+    def __init__(self, desc, options, **kw):
+        super().__init__(desc, options, **kw)
+        c_out = desc.out_channels
+        if c_out % 2:
+            raise ValueError(f"operation {desc.id or desc.name}: factorized_reduce needs even out_channels,"
+                             f" got {c_out}")
+        self.stride = 2
+        self.w1 = self.conv_weight("conv1", 1, 1, desc.in_channels, c_out // 2)
+        self.w2 = self.conv_weight("conv2", 1, 1, desc.in_channels, c_out // 2)
+        self.bn = BatchNorm(self, "bn", c_out, options.affine)
+        self.finish_build()
+
+    def call(self, x, training=False):
+        x = tf.nn.relu(x)
+        shifted = x[:, 1:, 1:, :]
+        h, w = x.shape[1], x.shape[2]
+        if h % 2 or w % 2:
+            shifted = tf.pad(shifted, [[0, 0], [0, h % 2], [0, w % 2], [0, 0]])
+        y = tf.concat([tf.nn.conv2d(x, self.w1, 2, "VALID"), tf.nn.conv2d(shifted, self.w2, 2, "VALID")], -1)
+        return self.bn(y, training)
+
+
+@register("skip_connect")
+class SkipConnect(OpLayer):
+    """Identity at stride 1; at stride 2 DARTS uses a FactorizedReduce, built here as a child."""
+
+    def __init__(self, desc, options, **kw):
+        super().__init__(desc, options, **kw)
+        self.reduce = None
+        if self.stride == 2:
+            child = type(desc)()
+            child.CopyFrom(desc)
+            child.name = "factorized_reduce"
+            child.id = f"{desc.id}.fr" if desc.id else ""
+            child.out_channels = desc.out_channels or desc.in_channels
+            self.reduce = FactorizedReduce(child, options)
+        self.finish_build()
+
+    @property
+    def is_identity(self) -> bool:
+        return self.reduce is None
+
+    def call(self, x, training=False):
+        return x if self.reduce is None else self.reduce(x, training=training)
+
+
+@register("none")
+class Zero(OpLayer):
+    """The `none` candidate: zeros of the output shape (mixed ops skip it, since it adds nothing)."""
+
+    def __init__(self, desc, options, **kw):
+        super().__init__(desc, options, **kw)
+        self.finish_build()
+
+    def call(self, x, training=False):
+        s = self.stride
+        return tf.zeros_like(x if s == 1 else x[:, ::s, ::s, :])
+
+
+@register("max_pool_3x3", kind="max")
+@register("avg_pool_3x3", kind="avg")
+class Pool(OpLayer):
+    """3x3 pooling with padding 1; average pooling counts only real pixels (count_include_pad=False)."""
+
+    def __init__(self, desc, options, kind: str, **kw):
+        super().__init__(desc, options, **kw)
+        self.kind = kind
+        self.finish_build()
+
+    def call(self, x, training=False):
+        s = self.stride
+        if self.kind == "max":
+            return tf.nn.max_pool2d(x, 3, s, "SAME" if s == 1 else [[0, 0], [1, 1], [1, 1], [0, 0]])
+        if s == 1:
+            return tf.nn.avg_pool2d(x, 3, 1, "SAME")  # SAME averages over real pixels only
+        h, w = x.shape[1], x.shape[2]
+        total = tf.nn.avg_pool2d(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]), 3, 2, "VALID")
+        return total * tf.constant(_avg_pool_correction(h, w), x.dtype)
+
+
+def _avg_pool_correction(h: int, w: int) -> np.ndarray:
+    """9 / (number of real pixels in each 3x3 stride-2 window with padding 1), shape [1, oh, ow, 1]."""
+    ones = np.pad(np.ones((h, w), np.float32), 1)
+    oh, ow = -(-h // 2), -(-w // 2)
+    counts = np.array([[ones[2 * i:2 * i + 3, 2 * j:2 * j + 3].sum() for j in range(ow)] for i in range(oh)])
+    return (9.0 / counts)[None, :, :, None].astype(np.float32)

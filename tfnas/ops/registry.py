@@ -1,0 +1,45 @@
+"""The one registry of operations: every op, structural or candidate, is created here by name.
+
+Descriptors name operations by string (`OpDesc.name`); the compiler turns each into a Keras layer with
+`create(desc, options)`. Registering a class with fixed keyword arguments lets one class serve a family
+(`sep_conv_3x3`, `sep_conv_5x5`) while each name still has exactly one definition.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from tfnas.proto import descriptors_pb2 as pb
+
+_REGISTRY: dict[str, Callable[..., object]] = {}
+
+
+class OpError(ValueError):
+    """An operation descriptor that cannot be built (unknown name, bad channels or stride)."""
+
+
+def register(name: str, **fixed) -> Callable:
+    """Class decorator: `@register("sep_conv_3x3", kernel_size=3)`; may be stacked."""
+
+    def wrap(cls):
+        if name in _REGISTRY:
+            raise ValueError(f"operation {name!r} is registered twice")
+        _REGISTRY[name] = lambda desc, options: cls(desc, options, **fixed)
+        return cls
+
+    return wrap
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def is_registered(name: str) -> bool:
+    return name in _REGISTRY
+
+
+def create(desc: pb.OpDesc, options: pb.CompilerOptions):
+    """Builds the Keras layer of one operation descriptor."""
+    factory = _REGISTRY.get(desc.name)
+    if factory is None:
+        raise OpError(f"unknown operation {desc.name!r} (known: {', '.join(names())})")
+    return factory(desc, options)

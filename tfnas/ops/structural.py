@@ -1,0 +1,90 @@
+"""Operations outside the cells: stem, global pooling, classifier and the auxiliary tower.
+
+The stem's BatchNorm is affine in search and evaluation alike, as in the DARTS code; the auxiliary tower
+exists only in evaluation (the compiler leaves it out of search models).
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tfnas.ops.base import BatchNorm, OpLayer, conv2d, pad_amount, torch_like_init
+from tfnas.ops.registry import register
+
+
+@register("stem")
+class Stem(OpLayer):
+    """kxk conv (stride from the descriptor) -> affine BN; DARTS CIFAR: 3x3 to 3 * C channels."""
+
+    def __init__(self, desc, options, **kw):
+        super().__init__(desc, options, **kw)
+        k = desc.kernel_size or 3
+        self.padding = pad_amount(k)
+        self.w = self.conv_weight("kernel", k, k, desc.in_channels, desc.out_channels)
+        self.bn = BatchNorm(self, "bn", desc.out_channels, affine=True)
+        self.finish_build()
+
+    def call(self, x, training=False):
+        return self.bn(conv2d(x, self.w, self.stride, self.padding), training)
+
+
+@register("global_avg_pool")
+class GlobalAvgPool(OpLayer):
+    def __init__(self, desc, options, **kw):
+        super().__init__(desc, options, **kw)
+        self.finish_build()
+
+    def call(self, x, training=False):
+        return tf.reduce_mean(x, axis=[1, 2])
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])
+
+
+@register("linear")
+class Linear(OpLayer):
+    """Dense classifier with bias: in_channels features -> out_channels logits."""
+
+    def __init__(self, desc, options, **kw):
+        super().__init__(desc, options, **kw)
+        init = torch_like_init(desc.in_channels)
+        self.w = self.add_weight(name="kernel", shape=(desc.in_channels, desc.out_channels), initializer=init)
+        self.b = self.add_weight(name="bias", shape=(desc.out_channels,), initializer=init)
+        self.finish_build()
+
+    def call(self, x, training=False):
+        return tf.matmul(x, self.w) + self.b
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.desc.out_channels)
+
+
+@register("aux_tower")
+class AuxTower(OpLayer):
+    """DARTS's CIFAR auxiliary head: ReLU, 5x5 avg pool stride 3, 1x1 conv 128 + BN + ReLU, 2x2 conv 768 +
+    BN + ReLU, classifier. The reference assumes an 8x8 input; on smaller maps the pool pads (SAME) and
+    the 2x2 conv shrinks to the map, so any input size gives a 768-feature vector."""
+
+    def __init__(self, desc, options, **kw):
+        super().__init__(desc, options, **kw)
+        self.w1 = self.conv_weight("conv1", 1, 1, desc.in_channels, 128)
+        self.bn1 = BatchNorm(self, "bn1", 128, affine=True)
+        self.w2 = self.conv_weight("conv2", 2, 2, 128, 768)
+        self.bn2 = BatchNorm(self, "bn2", 768, affine=True)
+        init = torch_like_init(768)
+        self.fc_w = self.add_weight(name="fc_kernel", shape=(768, desc.out_channels), initializer=init)
+        self.fc_b = self.add_weight(name="fc_bias", shape=(desc.out_channels,), initializer=init)
+        self.finish_build()
+
+    def call(self, x, training=False):
+        x = tf.nn.relu(x)
+        x = tf.nn.avg_pool2d(x, 5, 3, "VALID" if x.shape[1] >= 5 and x.shape[2] >= 5 else "SAME")
+        x = tf.nn.relu(self.bn1(tf.nn.conv2d(x, self.w1, 1, "VALID"), training))
+        w2 = self.w2
+        if x.shape[1] < 2 or x.shape[2] < 2:
+            w2 = w2[: min(2, x.shape[1]), : min(2, x.shape[2])]
+        x = tf.nn.relu(self.bn2(tf.nn.conv2d(x, w2, 1, "VALID"), training))
+        x = tf.reduce_mean(x, axis=[1, 2])
+        return tf.matmul(x, self.fc_w) + self.fc_b
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.desc.out_channels)
