@@ -143,3 +143,23 @@ def count_params(model: NasModel, include_aux: bool = True) -> int:
     """Trainable parameters, architecture parameters excluded (as the DARTS code counts them)."""
     aux_ids = {id(v) for _, _, t in model.aux for v in t.trainable_variables}
     return int(sum(np.prod(v.shape) for v in model.weights_only if include_aux or id(v) not in aux_ids))
+
+
+def multiply_adds(model: NasModel, include_aux: bool = False) -> int:
+    """Multiply-adds of one example (convolutions and dense layers), from the layers' own formulas."""
+    h, w = model.desc.input_shape[0], model.desc.input_shape[1]
+    total = model.stem.macs(h, w)
+    h, w = model.stem.out_size(h, w)
+    sizes = [(h, w), (h, w)]  # resolution of s0 and s1 for the next cell
+    for i, cell in enumerate(model.cells):
+        (h0, w0), (h1, w1) = sizes
+        total += cell.pre0.macs(h0, w0) + cell.pre1.macs(h1, w1)
+        out_hw = (h1, w1)
+        for node_edges in cell.edges:
+            for _, layer, _ in node_edges:
+                total += layer.macs(h1, w1)
+                out_hw = layer.out_size(h1, w1)
+        sizes = [sizes[1], out_hw]
+        if include_aux:
+            total += sum(t.macs(*out_hw) for at, _, t in model.aux if at == i)
+    return total + model.classifier.macs(1, 1)

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import yaml
 from google.protobuf import descriptor, json_format, text_format
 
+from tfnas.errors import UserError
 from tfnas.proto import config_pb2
 
 DEFAULT_CONFIG_PATH = pathlib.Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
@@ -32,7 +33,7 @@ _FLOATS = (_FD.CPPTYPE_FLOAT, _FD.CPPTYPE_DOUBLE)
 _ROOT = config_pb2.ExperimentConfig.DESCRIPTOR
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration mistake; str() is one line naming where (file:line or --set item) and what."""
 
 

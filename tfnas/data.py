@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 import numpy as np
 import tensorflow as tf
 
+from tfnas.errors import UserError
 from tfnas.proto import config_pb2
 
 DIGITS = "digits"
@@ -28,7 +29,7 @@ _NETWORK_TIMEOUT_S = 3.0
 _FALLBACK_HOST = "storage.googleapis.com"
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A dataset cannot be loaded or used as configured (the message says what is wrong)."""
 
 

@@ -12,10 +12,11 @@ import tempfile
 
 from google.protobuf import json_format, message, text_format
 
+from tfnas.errors import UserError
 from tfnas.proto import descriptors_pb2 as pb
 
 
-class DescriptorError(ValueError):
+class DescriptorError(UserError):
     """A descriptor that cannot be read or compiled; the message names file, cell, node and edge."""
 
 

@@ -51,6 +51,13 @@ class OpLayer(keras.layers.Layer):
         # A grouped conv with groups = channels has fan_in k * k in PyTorch.
         return self.add_weight(name=name, shape=(k, k, channels, 1), initializer=torch_like_init(k * k))
 
+    def out_size(self, h: int, w: int) -> tuple[int, int]:
+        return -(-h // self.stride), -(-w // self.stride)
+
+    def macs(self, h: int, w: int) -> int:
+        """Multiply-adds of one example at input size h x w (convolutions and dense layers only)."""
+        return 0
+
     def compute_output_shape(self, input_shape):
         n, h, w, _ = input_shape
         s = self.stride

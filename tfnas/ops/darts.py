@@ -32,6 +32,10 @@ class ReluConvBN(OpLayer):
     def call(self, x, training=False):
         return self.bn(conv2d(tf.nn.relu(x), self.w, self.stride, self.padding), training)
 
+    def macs(self, h, w):
+        oh, ow = self.out_size(h, w)
+        return oh * ow * int(np.prod(self.w.shape))
+
 
 @register("sep_conv_3x3", kernel_size=3)
 @register("sep_conv_5x5", kernel_size=5)
@@ -57,6 +61,10 @@ class SepConv(OpLayer):
         x = depthwise(tf.nn.relu(x), self.dw2, 1, self.padding)
         return self.bn2(tf.nn.conv2d(x, self.pw2, 1, "VALID"), training)
 
+    def macs(self, h, w):
+        oh, ow = self.out_size(h, w)
+        return oh * ow * sum(int(np.prod(v.shape)) for v in (self.dw1, self.pw1, self.dw2, self.pw2))
+
 
 @register("dil_conv_3x3", kernel_size=3)
 @register("dil_conv_5x5", kernel_size=5)
@@ -77,6 +85,10 @@ class DilConv(OpLayer):
     def call(self, x, training=False):
         x = depthwise(tf.nn.relu(x), self.dw, self.stride, self.padding, self.DILATION)
         return self.bn(tf.nn.conv2d(x, self.pw, 1, "VALID"), training)
+
+    def macs(self, h, w):
+        oh, ow = self.out_size(h, w)
+        return oh * ow * (int(np.prod(self.dw.shape)) + int(np.prod(self.pw.shape)))
 
 
 @register("factorized_reduce")
@@ -109,6 +121,10 @@ class FactorizedReduce(OpLayer):
         y = tf.concat([tf.nn.conv2d(x, self.w1, 2, "VALID"), tf.nn.conv2d(shifted, self.w2, 2, "VALID")], -1)
         return self.bn(y, training)
 
+    def macs(self, h, w):
+        oh, ow = self.out_size(h, w)
+        return oh * ow * (int(np.prod(self.w1.shape)) + int(np.prod(self.w2.shape)))
+
 
 @register("skip_connect")
 class SkipConnect(OpLayer):
@@ -132,6 +148,9 @@ class SkipConnect(OpLayer):
 
     def call(self, x, training=False):
         return x if self.reduce is None else self.reduce(x, training=training)
+
+    def macs(self, h, w):
+        return 0 if self.reduce is None else self.reduce.macs(h, w)
 
 
 @register("none")

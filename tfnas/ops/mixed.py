@@ -44,3 +44,6 @@ class MixedOp(OpLayer):
             s = self.stride
             out = tf.zeros_like(x if s == 1 else x[:, ::s, ::s, :])
         return out
+
+    def macs(self, h, w):
+        return sum(layer.macs(h, w) for _, layer, _ in self.branches)

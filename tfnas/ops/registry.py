@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import Callable
 
+from tfnas.errors import UserError
 from tfnas.proto import descriptors_pb2 as pb
 
 _REGISTRY: dict[str, Callable[..., object]] = {}
 
 
-class OpError(ValueError):
+class OpError(UserError):
     """An operation descriptor that cannot be built (unknown name, bad channels or stride)."""
 
 

@@ -5,6 +5,7 @@ exists only in evaluation (the compiler leaves it out of search models).
 """
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from tfnas.ops.base import BatchNorm, OpLayer, conv2d, pad_amount, torch_like_init
@@ -25,6 +26,10 @@ class Stem(OpLayer):
 
     def call(self, x, training=False):
         return self.bn(conv2d(x, self.w, self.stride, self.padding), training)
+
+    def macs(self, h, w):
+        oh, ow = self.out_size(h, w)
+        return oh * ow * int(np.prod(self.w.shape))
 
 
 @register("global_avg_pool")
@@ -53,6 +58,9 @@ class Linear(OpLayer):
 
     def call(self, x, training=False):
         return tf.matmul(x, self.w) + self.b
+
+    def macs(self, h, w):
+        return int(np.prod(self.w.shape))
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.desc.out_channels)
@@ -85,6 +93,12 @@ class AuxTower(OpLayer):
         x = tf.nn.relu(self.bn2(tf.nn.conv2d(x, w2, 1, "VALID"), training))
         x = tf.reduce_mean(x, axis=[1, 2])
         return tf.matmul(x, self.fc_w) + self.fc_b
+
+    def macs(self, h, w):
+        ph, pw = (h - 5) // 3 + 1 if h >= 5 else -(-h // 3), (w - 5) // 3 + 1 if w >= 5 else -(-w // 3)
+        kh, kw = min(2, ph), min(2, pw)
+        return (ph * pw * int(np.prod(self.w1.shape)) + (ph - kh + 1) * (pw - kw + 1) * kh * kw * 128 * 768
+                + int(np.prod(self.fc_w.shape)))
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.desc.out_channels)

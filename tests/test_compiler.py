@@ -1,0 +1,97 @@
+"""The compiler reproduces the reference networks exactly and applies the options as seed 000 says."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfnas import architectures, compiler, genotypes, macro, ops
+from tfnas.proto import config_pb2
+from tfnas.search import darts
+
+
+def test_darts_v2_evaluation_network_has_the_reference_parameter_count():
+    model = compiler.compile_model(architectures.resolve("DARTS_V2", 36, 20), compiler.EVAL_OPTIONS)
+    # The original DARTS code reports 3.349342 M parameters (auxiliary head excluded) for this network.
+    assert compiler.count_params(model, include_aux=False) == 3_349_342
+    assert compiler.count_params(model, include_aux=True) == 3_825_768
+    assert compiler.multiply_adds(model) == 528_359_040
+
+
+def test_darts_search_network_has_the_reference_parameter_count():
+    model = compiler.compile_model(architectures.resolve("darts-supernet", 16, 8))
+    # The original search network (model_search.Network(16, 10, 8)) reports 1.930618 M parameters.
+    assert compiler.count_params(model) == 1_930_618
+    assert [a.shape for a in model.alphas] == [(14, 8), (14, 8)]
+    assert not set(map(id, model.alphas)) & set(map(id, model.weights_only))
+
+
+def small(options, aux=True):
+    m = config_pb2.MacroConfig(channels=4, cells=3, stem_multiplier=3, aux_tower=aux, aux_weight=0.4)
+    return compiler.compile_model(genotypes.to_desc(genotypes.lookup("DARTS_V2"), m, [8, 8, 1], 10), options)
+
+
+def test_search_options_have_no_aux_no_drop_path_no_affine():
+    search, evaluation = small(compiler.SEARCH_OPTIONS), small(compiler.EVAL_OPTIONS)
+    assert search.aux == [] and len(evaluation.aux) == 1
+    assert search.drop_rate is None and evaluation.drop_rate is not None
+    names = lambda m: {v.path.split("/")[-1] for v in m.trainable_variables}  # noqa: E731
+    assert not any(n.endswith("_gamma") for n in names(search) - {"bn_gamma"} if "stem" not in n)
+    cell_gammas = [v for v in search.trainable_variables if v.path.endswith("_gamma") and "stem" not in v.path]
+    assert cell_gammas == []
+    assert any(v.path.endswith("_gamma") and "c0" in v.path for v in evaluation.trainable_variables)
+    # The stem's BatchNorm is affine in both (as in the reference code).
+    assert any("stem" in v.path and v.path.endswith("_gamma") for v in search.trainable_variables)
+
+
+def test_forward_shapes_and_aux_only_when_training():
+    model = small(compiler.EVAL_OPTIONS)
+    x = tf.random.normal([3, 8, 8, 1])
+    logits, aux = model.forward(x, training=True)
+    assert logits.shape == (3, 10) and [a.shape for a in aux] == [(3, 10)]
+    logits, aux = model.forward(x, training=False)
+    assert aux == [] and model(x).shape == (3, 10)
+
+
+def test_drop_path_never_on_identity_edges():
+    model = small(compiler.EVAL_OPTIONS)
+    for cell in model.cells:
+        for node_edges in cell.edges:
+            for _, layer, use_drop_path in node_edges:
+                assert use_drop_path == (not getattr(layer, "is_identity", False))
+    flagged = [u for c in small(compiler.SEARCH_OPTIONS).cells for e in c.edges for _, _, u in e]
+    assert not any(flagged)
+
+
+def test_drop_path_changes_training_output_only():
+    model = small(compiler.EVAL_OPTIONS, aux=False)
+    x = tf.random.normal([16, 8, 8, 1])
+    model.drop_rate.assign(0.0)
+    a = model(x, training=False)
+    model.drop_rate.assign(0.5)
+    b = model(x, training=False)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    c1, c2 = model(x, training=True), model(x, training=True)
+    assert not np.allclose(c1, c2)
+
+
+def test_supernet_edges_and_shared_alphas():
+    m = config_pb2.MacroConfig(channels=4, cells=5, nodes=4, stem_multiplier=3)
+    desc = darts.build_supernet(macro.build_macro(m, [8, 8, 1], 10), ops.DARTS_PRIMITIVES, seed=3)
+    for cell in desc.cells:
+        assert [len(n.edges) for n in cell.nodes] == [2, 3, 4, 5]
+        for n, node in enumerate(cell.nodes):
+            for edge in node.edges:
+                reduction = cell.cell_type == 2
+                assert edge.op.stride == (2 if reduction and edge.inputs[0] < 2 else 1)
+                assert all(c.stride == edge.op.stride for c in edge.op.candidates)
+    values = np.asarray(desc.alpha_groups["normal"].values)
+    assert values.shape == (14 * 8,) and 0 < np.abs(values).max() < 1e-2
+    model = compiler.compile_model(desc)
+    assert model(tf.random.normal([2, 8, 8, 1]), training=True).shape == (2, 10)
+
+
+def test_compiling_the_search_network_is_fast():
+    """Models build from the descriptor without tracing (a minute in a straightforward Keras version)."""
+    import time
+    start = time.perf_counter()
+    compiler.compile_model(architectures.resolve("darts-supernet", 16, 8))
+    assert time.perf_counter() - start < 30  # generous: a loaded 2-core machine; typically ~5 s

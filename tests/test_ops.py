@@ -1,0 +1,108 @@
+"""Every operation: shapes at stride 1 and 2 on odd and even sizes; search vs evaluation variants."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfnas import ops
+from tfnas.compiler import EVAL_OPTIONS, SEARCH_OPTIONS
+from tfnas.proto import descriptors_pb2 as pb
+
+CANDIDATES = list(ops.DARTS_PRIMITIVES)
+C = 6
+
+
+def make(name, stride, options, **fields):
+    return ops.create(pb.OpDesc(name=name, id=f"t.{name}", stride=stride, in_channels=C, out_channels=C, **fields),
+                      options)
+
+
+@pytest.mark.parametrize("name", CANDIDATES + ["factorized_reduce", "relu_conv_bn"])
+@pytest.mark.parametrize("size", [7, 8])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_shapes(name, size, stride):
+    if name == "factorized_reduce" and stride == 1:
+        pytest.skip("factorized_reduce always halves")
+    layer = make(name, stride, EVAL_OPTIONS)
+    x = tf.random.normal([2, size, size + 1, C])
+    y = layer(x, training=True)
+    expect = (2, -(-size // stride), -(-(size + 1) // stride), C) if name != "factorized_reduce" else \
+        (2, -(-size // 2), -(-(size + 1) // 2), C)
+    assert tuple(y.shape) == expect
+    assert layer.compute_output_shape(x.shape)[1:3] == expect[1:3] or name == "factorized_reduce"
+
+
+# Parameter counts of the reference implementation's modules, C = 6 channels, affine (evaluation).
+EXPECTED_PARAMS = {
+    "none": 0, "max_pool_3x3": 0, "avg_pool_3x3": 0,
+    "sep_conv_3x3": 2 * (9 * C + C * C + 2 * C), "sep_conv_5x5": 2 * (25 * C + C * C + 2 * C),
+    "dil_conv_3x3": 9 * C + C * C + 2 * C, "dil_conv_5x5": 25 * C + C * C + 2 * C,
+}
+
+
+@pytest.mark.parametrize("name", CANDIDATES)
+def test_parameter_counts_and_affine_option(name):
+    def count(layer):
+        return sum(int(np.prod(v.shape)) for v in layer.trainable_variables)
+
+    evaluation, search = make(name, 1, EVAL_OPTIONS), make(name, 1, SEARCH_OPTIONS)
+    if name == "skip_connect":
+        assert count(evaluation) == 0 and count(make(name, 2, EVAL_OPTIONS)) == 2 * (C * C // 2) + 2 * C
+        assert count(make(name, 2, SEARCH_OPTIONS)) == 2 * (C * C // 2)
+        return
+    assert count(evaluation) == EXPECTED_PARAMS[name]
+    bn_params = {"sep_conv_3x3": 4 * C, "sep_conv_5x5": 4 * C, "dil_conv_3x3": 2 * C, "dil_conv_5x5": 2 * C}
+    assert count(search) == EXPECTED_PARAMS[name] - bn_params.get(name, 0)
+
+
+def test_ops_match_reference_arithmetic():
+    """Stride-2 ops pad symmetrically like the PyTorch reference (not TF's SAME)."""
+    x = tf.reshape(tf.range(2 * 6 * 6 * C, dtype=tf.float32), [2, 6, 6, C]) / 100.0
+    maxp = make("max_pool_3x3", 2, EVAL_OPTIONS)(x)
+    np.testing.assert_allclose(maxp[:, 0, 0], tf.reduce_max(x[:, :2, :2], axis=[1, 2]))
+    avgp = make("avg_pool_3x3", 2, EVAL_OPTIONS)(x)
+    np.testing.assert_allclose(avgp[:, 0, 0], tf.reduce_mean(x[:, :2, :2], axis=[1, 2]), rtol=1e-5)
+    np.testing.assert_allclose(avgp[:, 1, 1], tf.reduce_mean(x[:, 1:4, 1:4], axis=[1, 2]), rtol=1e-5)
+    assert np.all(make("none", 2, EVAL_OPTIONS)(x).numpy() == 0)
+    assert make("skip_connect", 1, EVAL_OPTIONS)(x) is x
+
+
+def test_dilated_stride2_equals_dilated_conv_then_subsample():
+    layer = make("dil_conv_5x5", 2, EVAL_OPTIONS)
+    x = tf.random.normal([2, 9, 9, C])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, training=False)
+        loss = tf.reduce_sum(y * y)
+    g = tape.gradient(loss, x)
+    padded = tf.pad(tf.nn.relu(x), [[0, 0], [4, 4], [4, 4], [0, 0]])
+    ref = tf.nn.depthwise_conv2d(padded, layer.dw, [1, 1, 1, 1], "VALID", dilations=[2, 2])[:, ::2, ::2]
+    ref = layer.bn(tf.nn.conv2d(ref, layer.pw, 1, "VALID"), False)
+    np.testing.assert_allclose(y, ref, atol=1e-5)
+    assert g.shape == x.shape and float(tf.reduce_sum(tf.abs(g))) > 0
+
+
+def test_mixed_op_weights_candidates_and_adds_pool_bn():
+    desc = pb.OpDesc(name="mixed", id="m", stride=1, in_channels=C, out_channels=C)
+    for n in ("none", "max_pool_3x3", "skip_connect"):
+        desc.candidates.add(name=n, id=f"m.{n}", stride=1, in_channels=C, out_channels=C)
+    mixed = ops.create(desc, SEARCH_OPTIONS)
+    x = tf.random.normal([4, 5, 5, C])
+    w = [tf.constant(0.2), tf.constant(0.3), tf.constant(0.5)]
+    y = mixed(x, weights=w, training=False)
+    pooled = tf.nn.max_pool2d(x, 3, 1, "SAME") / np.sqrt(1 + 1e-5)  # non-affine BN, initial statistics
+    np.testing.assert_allclose(y, 0.3 * pooled + 0.5 * x, atol=1e-5)
+    assert len(mixed.trainable_variables) == 0 and len(mixed.non_trainable_variables) == 2
+
+
+def test_batchnorm_updates_moving_statistics_only_in_training():
+    layer = make("relu_conv_bn", 1, EVAL_OPTIONS, kernel_size=1)
+    x = tf.random.normal([8, 4, 4, C]) + 3.0
+    layer(x, training=False)
+    assert np.allclose(layer.bn.moving_mean.numpy(), 0)
+    layer(x, training=True)
+    assert not np.allclose(layer.bn.moving_mean.numpy(), 0)
+
+
+def test_unknown_op_is_a_clear_error():
+    with pytest.raises(ops.OpError, match="unknown operation 'conv_9x9'"):
+        ops.create(pb.OpDesc(name="conv_9x9"), EVAL_OPTIONS)

@@ -1,0 +1,118 @@
+"""The `tfnas` command line: describe, draw, search, eval, export and run.
+
+Every command turns a known failure (bad file, bad key, missing data) into one line on stderr and a
+non-zero exit code; set TFNAS_DEBUG=1 to see the Python traceback instead.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+
+import click
+
+EXIT_BAD_INPUT = 2
+# Lines TensorFlow's C++ runtime prints at import whatever TF_CPP_MIN_LOG_LEVEL says.
+_IMPORT_NOISE = ("All log messages before absl::InitializeLog()", "oneDNN custom operations are on")
+
+
+def _import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with its start-up banner filtered out of stderr (other lines are kept)."""
+    if "tensorflow" in sys.modules:
+        return
+    import tempfile
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines():
+                if not any(n in line for n in _IMPORT_NOISE):
+                    print(line, file=sys.stderr)
+
+
+def _friendly(fn):
+    """Runs a command, turning exceptions into one clear line (no traceback) and exit code 2 or 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            _import_tensorflow_quietly()
+            return fn(*args, **kwargs)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except Exception as err:  # noqa: BLE001 - this is the one place that reports errors
+            if os.environ.get("TFNAS_DEBUG"):
+                raise
+            from tfnas.errors import UserError
+            message = " ".join(str(err).split()) or type(err).__name__
+            if isinstance(err, (UserError, FileNotFoundError)):
+                click.echo(f"error: {message}", err=True)
+                sys.exit(EXIT_BAD_INPUT)
+            click.echo(f"error: {type(err).__name__}: {message} (TFNAS_DEBUG=1 shows the traceback)", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tfnas")
+def main():
+    """tfnas: neural architecture search for TensorFlow and Keras.
+
+    Search a cell (DARTS), train the found network from scratch, export it for TF Serving.
+    """
+
+
+def arch_options(fn):
+    opts = [
+        click.argument("arch"),
+        click.option("--channels", type=click.IntRange(min=1), help="Channels of the first cells (C)."),
+        click.option("--cells", type=click.IntRange(min=1), help="Number of cells."),
+        click.option("--classes", type=click.IntRange(min=1), default=10, show_default=True),
+        click.option("--image-size", type=click.IntRange(min=1), default=32, show_default=True),
+        click.option("--input-channels", type=click.IntRange(min=1), default=3, show_default=True),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+@main.command()
+@arch_options
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of text.")
+@_friendly
+def describe(arch, channels, cells, classes, image_size, input_channels, as_json):
+    """Cells, operations, parameters and multiply-adds of ARCH.
+
+    ARCH is a published architecture (DARTS_V1, DARTS_V2, PC_DARTS), `darts-supernet` (the DARTS search
+    network) or a descriptor file (.pbtxt, .json, .pb). Published cells default to the DARTS evaluation
+    network (36 channels, 20 cells), the supernet to the search network (16 channels, 8 cells).
+    """
+    from tfnas import summary
+    info = summary.describe(arch, channels=channels, cells=cells, classes=classes, image_size=image_size,
+                            input_channels=input_channels)
+    click.echo(json.dumps(info, indent=2) if as_json else summary.format_text(info))
+
+
+@main.command()
+@arch_options
+@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False),
+              help="Picture to write (.png, .jpg or .svg).")
+@_friendly
+def draw(arch, channels, cells, classes, image_size, input_channels, out):
+    """Draw the normal and reduction cells of ARCH as a picture."""
+    from tfnas import architectures, draw as draw_lib
+    desc = architectures.resolve(arch, channels, cells, classes, image_size, input_channels)
+    draw_lib.save(draw_lib.draw_cells(desc), out)
+    click.echo(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Search algorithms: each one a small module (darts.py, ...) over the shared trainer."""
