@@ -1,0 +1,63 @@
+"""Keyed checkpoints of the nested search loops (seed 000, "Checkpointing search").
+
+Every loop (a search iteration, pre-training, arch-training, evaluation training) owns one key and keeps
+its own `tf.train.CheckpointManager` under `<run>/checkpoints/<key>/`. A loop saves just after each of its
+iterations (and, if asked, every N steps inside one); when it starts and finds its key, it restores
+its state, its iteration and its data position, and continues. A finished loop writes a `done` marker,
+so a resumed outer loop skips it. Keys are built only here, so they can be listed in one place:
+
+    search                 the DARTS / random-search arch-training loop
+    petridish/<i>/pretrain PetriDish iteration i, pre-training
+    petridish/<i>/search   PetriDish iteration i, arch-training
+    eval                   evaluation training from scratch
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import tensorflow as tf
+
+SEARCH = "search"
+EVAL = "eval"
+
+
+def petridish_key(iteration: int, phase: str) -> str:
+    if phase not in ("pretrain", "search"):
+        raise ValueError(f"unknown PetriDish phase {phase!r}")
+    return f"petridish/{iteration}/{phase}"
+
+
+class LoopCheckpoint:
+    """The checkpoint of one loop: TF objects plus a small JSON side-car (data positions, epoch)."""
+
+    def __init__(self, run_dir: str | os.PathLike, key: str, max_to_keep: int = 2, **objects):
+        self.dir = pathlib.Path(run_dir) / "checkpoints" / key
+        self.key = key
+        self.checkpoint = tf.train.Checkpoint(**objects)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.dir), max_to_keep=max_to_keep)
+
+    @property
+    def done(self) -> bool:
+        return (self.dir / "done").exists()
+
+    def mark_done(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "done").write_text("1\n")
+
+    def save(self, state: dict) -> None:
+        """Saves the TF objects, then the state that names the checkpoint it belongs to (atomically)."""
+        path = self.manager.save()
+        from tfnas.descriptors import write_atomic
+        write_atomic(self.dir / "state.json", json.dumps({"checkpoint": os.path.basename(path), **state}).encode())
+
+    def restore(self) -> dict | None:
+        """Restores the latest checkpoint whose state was written completely; None if there is none."""
+        state_file = self.dir / "state.json"
+        if not state_file.exists():
+            return None
+        state = json.loads(state_file.read_text())
+        path = str(self.dir / state.pop("checkpoint"))
+        self.checkpoint.restore(path).assert_existing_objects_matched()
+        return state

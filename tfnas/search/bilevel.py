@@ -1,0 +1,145 @@
+"""Bi-level optimisation of DARTS in a custom `train_step`: one alpha step, then one weight step.
+
+    alpha step  on a validation batch: first order, grad_alpha L_val(w, alpha); second order, through the
+                virtual step w' = w - xi * (momentum term + grad_w L_train(w, alpha) + wd * w), with the
+                Hessian-vector product by central finite differences (Liu et al. 2019, eq. 7-8).
+    weight step on a training batch: grad_w L_train(w, alpha), clipped, L2-decayed, SGD with momentum.
+
+The two optimisers own disjoint variable sets (alphas / weights_only). The alpha step asks the tape for
+alpha gradients only, so no weight gradient is computed for it (the reference code computes them all).
+"""
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from tfnas.compiler import NasModel
+from tfnas.proto import config_pb2
+from tfnas.train import optim
+
+
+def _loss(logits, labels):
+    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int32),
+                                                                         logits=logits))
+
+
+def _accuracy(logits, labels):
+    return tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
+                                           tf.cast(labels, tf.int32)), tf.float32))
+
+
+class BilevelSearch(keras.Model):
+    """Wraps a search network with its two optimisers; `train_step(((xt, yt), (xv, yv)))` is one step."""
+
+    def __init__(self, net: NasModel, weight_opt: keras.optimizers.Optimizer, alpha_opt: keras.optimizers.Optimizer,
+                 weight_cfg: config_pb2.OptimizerConfig, alpha_cfg: config_pb2.OptimizerConfig, order: int = 1,
+                 **kw):
+        super().__init__(name=kw.pop("name", "bilevel_search"), **kw)
+        if order not in (1, 2):
+            raise ValueError(f"DARTS order must be 1 or 2, got {order}")
+        self.net, self.order = net, order
+        self.weight_opt, self.alpha_opt = weight_opt, alpha_opt
+        self.weight_cfg, self.alpha_cfg = weight_cfg, alpha_cfg
+        self.weight_opt.build(net.weights_only)
+        self.alpha_opt.build(net.alphas)
+        self.trackers = {name: keras.metrics.Mean(name=name)
+                         for name in ("loss", "accuracy", "val_loss", "val_accuracy")}
+        self.built = True
+
+    def reset_trackers(self) -> None:
+        for t in self.trackers.values():
+            t.reset_state()
+
+    def call(self, x, training=False):
+        return self.net(x, training=training)
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def train_step(self, data):
+        (x_train, y_train), (x_val, y_val) = data
+        val_logits = self.alpha_step(x_train, y_train, x_val, y_val)
+        train_logits, train_loss = self.weight_step(x_train, y_train)
+        self.trackers["loss"].update_state(train_loss)
+        self.trackers["accuracy"].update_state(_accuracy(train_logits, y_train))
+        self.trackers["val_loss"].update_state(_loss(val_logits, y_val))
+        self.trackers["val_accuracy"].update_state(_accuracy(val_logits, y_val))
+        logs = {k: t.result() for k, t in self.trackers.items()}
+        logs["lr"] = optim.current_lr(self.weight_opt)
+        logs["alpha_lr"] = optim.current_lr(self.alpha_opt)
+        return logs
+
+    def weight_step(self, x, y):
+        weights = self.net.weights_only
+        with tf.GradientTape() as tape:
+            logits = self.net(x, training=True)
+            loss = _loss(logits, y)
+        grads = optim.prepare_gradients(tape.gradient(loss, weights), weights, self.weight_cfg)
+        self.weight_opt.apply_gradients(zip(grads, weights))
+        return logits, loss
+
+    def alpha_step(self, x_train, y_train, x_val, y_val):
+        alphas = self.net.alphas
+        if self.order == 1:
+            with tf.GradientTape() as tape:
+                logits = self.net(x_val, training=True)
+                loss = _loss(logits, y_val)
+            grads = tape.gradient(loss, alphas)
+        else:
+            logits, grads = self.second_order_alpha_gradients(x_train, y_train, x_val, y_val)
+        grads = optim.prepare_gradients(grads, alphas, self.alpha_cfg)
+        self.alpha_opt.apply_gradients(zip(grads, alphas))
+        return logits
+
+    def second_order_alpha_gradients(self, x_train, y_train, x_val, y_val):
+        """d/d alpha of L_val(w - xi * dw, alpha): the unrolled gradient of DARTS (eq. 7-8)."""
+        weights, alphas = self.net.weights_only, self.net.alphas
+        xi = optim.current_lr(self.weight_opt)
+        backup = [tf.identity(w) for w in weights]
+
+        # The virtual step uses the optimiser's own update direction: momentum, gradient, L2 decay.
+        with tf.GradientTape() as tape:
+            loss = _loss(self.net(x_train, training=True), y_train)
+        grads = tape.gradient(loss, weights)
+        direction = self.virtual_step_direction(grads, weights, xi)
+        for w, d in zip(weights, direction):
+            w.assign_sub(xi * d)
+
+        # At w': gradient of L_val for alphas and for the weights.
+        with tf.GradientTape() as tape:
+            logits = self.net(x_val, training=True)
+            loss = _loss(logits, y_val)
+        grads = tape.gradient(loss, alphas + weights)
+        d_alpha, d_weights = grads[:len(alphas)], grads[len(alphas):]
+
+        # Hessian-vector product (d^2 L_train / d alpha d w) . d_weights by central differences at w.
+        eps = 0.01 / (tf.linalg.global_norm(d_weights) + 1e-12)
+        for w, b, g in zip(weights, backup, d_weights):
+            w.assign(b + eps * g)
+        grads_pos = self._alpha_grads(x_train, y_train)
+        for w, b, g in zip(weights, backup, d_weights):
+            w.assign(b - eps * g)
+        grads_neg = self._alpha_grads(x_train, y_train)
+        for w, b in zip(weights, backup):
+            w.assign(b)
+        hvp = [(p - n) / (2.0 * eps) for p, n in zip(grads_pos, grads_neg)]
+        return logits, [da - xi * h for da, h in zip(d_alpha, hvp)]
+
+    def _alpha_grads(self, x, y):
+        with tf.GradientTape() as tape:
+            loss = _loss(self.net(x, training=True), y)
+        return tape.gradient(loss, self.net.alphas)
+
+    def virtual_step_direction(self, grads, weights, xi):
+        """momentum * buffer + grad + wd * w, in PyTorch's SGD convention (DARTS's _compute_unrolled_model).
+
+        Keras's SGD keeps v = momentum * v - lr * g; the PyTorch buffer is -v / lr.
+        """
+        cfg = self.weight_cfg
+        direction = []
+        for g, w in zip(grads, weights):
+            d = g + cfg.weight_decay * w
+            if cfg.momentum > 0:
+                v = self.weight_opt.momentums[self.weight_opt._get_variable_index(w)]
+                d = d + cfg.momentum * (-v / xi)
+            direction.append(d)
+        return direction

@@ -1,0 +1,1 @@
+"""Training machinery shared by search and evaluation: optimisers, schedules, the resumable loop."""

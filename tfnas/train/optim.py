@@ -1,0 +1,64 @@
+"""Optimisers and learning-rate schedules as the DARTS code uses them.
+
+PyTorch's `weight_decay` is an L2 term added to the gradient (coupled) after gradient clipping; Keras's
+is decoupled. To keep DARTS's arithmetic, decay and clipping are applied here, by `prepare_gradients`,
+and the Keras optimisers run without their own weight decay. Schedules step once per epoch, like
+`CosineAnnealingLR.step()` at each epoch end in the reference code.
+"""
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+from tfnas.proto import config_pb2
+
+Kind = config_pb2.OptimizerConfig.Kind
+
+
+@keras.saving.register_keras_serializable("tfnas")
+class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Constant or cosine-annealed learning rate that changes at epoch boundaries."""
+
+    def __init__(self, initial: float, minimum: float, epochs: int, steps_per_epoch: int, cosine: bool):
+        self.initial, self.minimum = float(initial), float(minimum)
+        self.epochs, self.steps_per_epoch, self.cosine = max(int(epochs), 1), max(int(steps_per_epoch), 1), cosine
+
+    def __call__(self, step):
+        if not self.cosine:
+            return tf.constant(self.initial, tf.float32)
+        epoch = tf.cast(step // self.steps_per_epoch, tf.float32)
+        cos = 0.5 * (1.0 + tf.cos(math.pi * tf.minimum(epoch, self.epochs) / self.epochs))
+        return self.minimum + (self.initial - self.minimum) * cos
+
+    def get_config(self):
+        return dict(initial=self.initial, minimum=self.minimum, epochs=self.epochs,
+                    steps_per_epoch=self.steps_per_epoch, cosine=self.cosine)
+
+
+def make_optimizer(cfg: config_pb2.OptimizerConfig, epochs: int, steps_per_epoch: int,
+                   name: str) -> keras.optimizers.Optimizer:
+    lr = EpochSchedule(cfg.learning_rate, cfg.min_learning_rate, epochs, steps_per_epoch,
+                       cosine=cfg.schedule == config_pb2.COSINE)
+    if cfg.kind == Kind.SGD:
+        return keras.optimizers.SGD(learning_rate=lr, momentum=cfg.momentum, name=name)
+    if cfg.kind == Kind.ADAM:
+        # PyTorch's Adam epsilon (1e-8), not Keras's 1e-7.
+        return keras.optimizers.Adam(learning_rate=lr, beta_1=cfg.beta_1, beta_2=cfg.beta_2, epsilon=1e-8,
+                                     name=name)
+    raise ValueError(f"optimizer kind {cfg.kind} is not supported")
+
+
+def prepare_gradients(grads: list, variables: list, cfg: config_pb2.OptimizerConfig) -> list:
+    """Clip by global norm (if configured), then add the coupled L2 weight decay: DARTS's order."""
+    if cfg.gradient_clip_norm > 0:
+        grads, _ = tf.clip_by_global_norm(grads, cfg.gradient_clip_norm)
+    if cfg.weight_decay > 0:
+        grads = [g + cfg.weight_decay * v for g, v in zip(grads, variables)]
+    return grads
+
+
+def current_lr(optimizer: keras.optimizers.Optimizer):
+    lr = optimizer.learning_rate
+    return lr(optimizer.iterations) if callable(lr) else lr
