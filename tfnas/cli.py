@@ -114,5 +114,47 @@ def draw(arch, channels, cells, classes, image_size, input_channels, out):
     click.echo(f"wrote {out}")
 
 
+def config_options(fn):
+    opts = [
+        click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                     help="YAML or text-format configuration, layered on configs/default.yaml "
+                          "(without it: the built-in default)."),
+        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="Override one setting, e.g. --set search.trainer.epochs=5 (repeatable)."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _load(config_path, overrides):
+    from tfnas import config as config_lib
+    return config_lib.load_config(config_path, overrides)
+
+
+@main.command()
+@config_options
+@click.option("--out", "out", default="runs/search", show_default=True, type=click.Path(file_okay=False),
+              help="Run directory; running again on the same directory resumes the search.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@_friendly
+def search(config_path, overrides, out, quiet):
+    """Search a cell architecture (DARTS) and write OUT/final_desc.pbtxt.
+
+    With no --config it runs the built-in default: a first-order DARTS search on the built-in digits data
+    (no download), a few minutes on 2 CPU cores.
+    """
+    import pathlib
+    from tfnas import architectures, draw as draw_lib, summary
+    from tfnas.search import runner
+    config = _load(config_path, overrides)
+    final = runner.search(config, out, verbose=0 if quiet else 1)
+    out = pathlib.Path(out)
+    draw_lib.save(draw_lib.draw_cells(final), out / "final_cells.png")
+    info = summary.describe_desc(final, arch=str(out / runner.FINAL_DESC))
+    click.echo(summary.format_text(info))
+    click.echo(f"found architecture: {out / runner.FINAL_DESC} (cells drawn in {out / 'final_cells.png'})")
+
+
 if __name__ == "__main__":
     main()

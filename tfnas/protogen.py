@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import pathlib
+import subprocess
 import sys
 import tempfile
 
@@ -27,7 +28,6 @@ def generate(out_dir: pathlib.Path) -> list[pathlib.Path]:
     """Runs protoc on every source under protos/ into out_dir; returns the generated files."""
     try:
         import grpc_tools
-        from grpc_tools import protoc
     except ImportError as err:  # pragma: no cover - exercised by users without the tool
         raise SystemExit(
             'protogen needs grpcio-tools 1.71: pip install --no-deps "grpcio-tools==1.71.2"') from err
@@ -39,9 +39,12 @@ def generate(out_dir: pathlib.Path) -> list[pathlib.Path]:
                          "newer ones emit code that older protobuf runtimes refuse")
     include = pathlib.Path(grpc_tools.__file__).parent / "_proto"
     sources = [str(p.relative_to(PROTO_ROOT)) for p in proto_sources()]
-    args = ["protoc", f"-I{PROTO_ROOT}", f"-I{include}", f"--python_out={out_dir}", *sources]
-    if protoc.main(args) != 0:
-        raise SystemExit("protoc failed")
+    # In a child process: protoc's extension crashes a process that has already loaded TensorFlow.
+    args = [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO_ROOT}", f"-I{include}",
+            f"--python_out={out_dir}", *sources]
+    done = subprocess.run(args, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"protoc failed: {done.stderr.strip()}")
     return [out_dir / s.replace(".proto", "_pb2.py") for s in sources]
 
 

@@ -6,7 +6,10 @@ from tfnas.proto import descriptors_pb2 as pb
 
 
 def describe(arch: str, **size) -> dict:
-    desc = architectures.resolve(arch, **size)
+    return describe_desc(architectures.resolve(arch, **size), arch)
+
+
+def describe_desc(desc: pb.ModelDesc, arch: str) -> dict:
     from tfnas import compiler
     search = architectures.is_search_desc(desc)
     options = compiler.SEARCH_OPTIONS if search else compiler.EVAL_OPTIONS

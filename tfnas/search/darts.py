@@ -65,7 +65,9 @@ def finalize(desc: pb.ModelDesc, alphas: Mapping[str, np.ndarray], edges_per_nod
                     scored.append((op.rank or 1.0, position, edge))
                     continue
                 weights = softmax(np.asarray(alphas[op.alpha_group], np.float64)[op.alpha_index])
-                best = max((w, c) for c, w in enumerate(weights) if op.candidates[c].name != "none")
+                # Strongest op other than `none`; on a tie the earlier candidate, as in the reference code.
+                best = max(((w, -c) for c, w in enumerate(weights) if op.candidates[c].name != "none"))
+                best = (best[0], -best[1])
                 chosen = pb.EdgeDesc(inputs=edge.inputs)
                 chosen.op.CopyFrom(op.candidates[best[1]])
                 chosen.op.rank = float(best[0])

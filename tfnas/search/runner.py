@@ -53,8 +53,11 @@ def prepare_run_dir(out_dir: str | pathlib.Path, config: config_pb2.ExperimentCo
 
 
 def search(config: config_pb2.ExperimentConfig, out_dir: str | pathlib.Path, verbose: int = 1,
-           stop_after_steps: int | None = None) -> pb.ModelDesc | None:
-    """Runs (or resumes) a search; returns the final descriptor (None if stopped early on purpose)."""
+           stop_after_steps: int | None = None, dataset: data_lib.Dataset | None = None) -> pb.ModelDesc | None:
+    """Runs (or resumes) a search; returns the final descriptor (None if stopped early on purpose).
+
+    `dataset` replaces the configured one (tests and notebooks that hold their data in memory).
+    """
     if config.search.algorithm != config_pb2.SearchConfig.DARTS:
         name = config_pb2.SearchConfig.Algorithm.Name(config.search.algorithm)
         raise UserError(f"search.algorithm: {name} is not implemented yet (available: DARTS)")
@@ -64,7 +67,7 @@ def search(config: config_pb2.ExperimentConfig, out_dir: str | pathlib.Path, ver
         return descriptors.load_model_desc(final_path)
     seed_everything(config)
     s = config.search
-    dataset = data_lib.load_dataset(config.data)
+    dataset = dataset or data_lib.load_dataset(config.data)
     mean, std = data_lib.normalization(dataset, config.data)
     (xt, yt), (xv, yv) = data_lib.search_split(dataset, config.data.search_train_fraction)
     batch = s.trainer.batch_size

@@ -1,0 +1,122 @@
+"""DARTS search end to end: finds the right op, is deterministic, resumes exactly, writes its run dir."""
+import json
+import pathlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from click.testing import CliRunner
+
+from tfnas import cli, config, data as data_lib, descriptors
+from tfnas.search import darts, runner
+
+TINY = ["search.macro.cells=3", "search.macro.nodes=2", "search.macro.channels=4",
+        "search.macro.stem_multiplier=2", "search.trainer.epochs=2", "search.trainer.max_steps_per_epoch=3",
+        "search.trainer.batch_size=16", "search.darts.primitives=[none,skip_connect,sep_conv_3x3,max_pool_3x3]",
+        "deterministic=true", "seed=7"]
+
+
+def tiny_config(*extra):
+    return config.load_config(None, TINY + list(extra))
+
+
+def far_correlation_task(seed, n=1024):
+    """8x24 binary images made of 6-column blocks b, o, b, o: o = b for class 1 and o = 255 - b for
+    class 0. Pixel statistics are identical in both classes; only features that compare pixels 6 columns
+    apart separate them. In two DARTS cells only dil_conv_5x5 reaches that far (taps at +-4; the 3x3
+    stem adds 1, two stacked sep_conv_3x3 add 2 each, skip nothing), so the search must pick it."""
+    rng = np.random.default_rng(seed)
+    block = rng.choice([0, 255], size=(n, 8, 6, 1)).astype(np.uint8)
+    y = rng.integers(0, 2, n)
+    other = np.where(y[:, None, None, None] == 1, block, 255 - block).astype(np.uint8)
+    x = np.concatenate([block, other, block, other], axis=2)
+    return data_lib.Dataset("far-correlation", (x, y), (x[:64], y[:64]), ["anti", "same"])
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_search_ranks_the_only_useful_operation_first(tmp_path, seed):
+    primitives = ["none", "skip_connect", "sep_conv_3x3", "dil_conv_5x5"]
+    cfg = config.load_config(None, [
+        "search.macro.cells=2", "search.macro.nodes=1", "search.macro.channels=4", "search.macro.stem_multiplier=2",
+        "search.trainer.epochs=8", "search.trainer.batch_size=32", f"search.darts.primitives=[{','.join(primitives)}]",
+        "search.darts.alpha_optimizer.learning_rate=0.01", f"seed={seed}"])
+    final = runner.search(cfg, tmp_path, verbose=0, dataset=far_correlation_task(seed))
+    alphas = darts.alpha_arrays(descriptors.load_model_desc(tmp_path / runner.SUPERNET_DESC))
+    weights = darts.softmax(alphas["normal"].astype(np.float64))
+    # Row 0: the edge that reads the stem features (s0) in both cells.
+    non_none = {p: w for p, w in zip(primitives, weights[0]) if p != "none"}
+    assert max(non_none, key=non_none.get) == "dil_conv_5x5", weights
+    s0_edges = [e for e in final.cells[0].nodes[0].edges if list(e.inputs) == [0]]
+    assert s0_edges[0].op.name == "dil_conv_5x5"
+    history = [json.loads(line) for line in (tmp_path / "alpha_history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == list(range(1, 9)) and history[-1]["val_accuracy"] > 0.9
+
+
+def test_same_seed_gives_byte_identical_final_descriptor(tmp_path):
+    tf.config.experimental.enable_op_determinism()
+    runner.search(tiny_config(), tmp_path / "a", verbose=0)
+    runner.search(tiny_config(), tmp_path / "b", verbose=0)
+    a, b = (tmp_path / "a" / runner.FINAL_DESC).read_bytes(), (tmp_path / "b" / runner.FINAL_DESC).read_bytes()
+    assert a == b
+    assert (tmp_path / "a" / runner.SUPERNET_DESC).read_bytes() == (tmp_path / "b" / runner.SUPERNET_DESC).read_bytes()
+
+
+@pytest.mark.parametrize("stop_after", [2, 3, 4])  # inside epoch 1, at its end, inside epoch 2
+def test_interrupted_search_resumes_to_the_same_result(tmp_path, stop_after):
+    tf.config.experimental.enable_op_determinism()
+    runner.search(tiny_config(), tmp_path / "full", verbose=0)
+    assert runner.search(tiny_config(), tmp_path / "cut", verbose=0, stop_after_steps=stop_after) is None
+    assert not (tmp_path / "cut" / runner.FINAL_DESC).exists()
+    state = json.loads((tmp_path / "cut" / "checkpoints" / "search" / "state.json").read_text())
+    assert state["epoch"] * 3 + state["step"] == stop_after
+    runner.search(tiny_config(), tmp_path / "cut", verbose=0)
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert (cut / runner.FINAL_DESC).read_bytes() == (full / runner.FINAL_DESC).read_bytes()
+    assert (cut / runner.SUPERNET_DESC).read_bytes() == (full / runner.SUPERNET_DESC).read_bytes()
+    hist = lambda d: [json.loads(x)["epoch"] for x in (d / "alpha_history.jsonl").read_text().splitlines()]  # noqa
+    assert hist(cut) == hist(full) == [1, 2]
+
+
+def test_run_directory_and_tensorboard(tmp_path):
+    final = runner.search(tiny_config("search.darts.order=2"), tmp_path, verbose=0)
+    for name in ("config.yaml", runner.FINAL_DESC, runner.SUPERNET_DESC, "alpha_history.jsonl"):
+        assert (tmp_path / name).is_file(), name
+    assert config.load_config(tmp_path / "config.yaml") == tiny_config("search.darts.order=2")
+    assert all(e.op.name != "mixed" for c in final.cells for n in c.nodes for e in n.edges)
+    assert all(len(n.edges) == 2 for c in final.cells for n in c.nodes)
+    tags = set()
+    for event_file in (tmp_path / "tensorboard").glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+            tags.update(v.tag for v in event.summary.value)
+    for tag in ("epoch/loss", "epoch/accuracy", "epoch/val_loss", "epoch/val_accuracy", "epoch/lr",
+                "epoch/alpha_lr", "alpha_entropy/normal", "alpha_entropy/reduction", "alphas/normal",
+                "alphas/reduction", "cells/finalised"):
+        assert tag in tags, tag
+    # A finished search is not run again: the same command returns the stored result.
+    assert runner.search(tiny_config("search.darts.order=2"), tmp_path, verbose=0) == final
+
+
+def test_a_run_directory_refuses_another_configuration(tmp_path):
+    runner.search(tiny_config(), tmp_path, verbose=0, stop_after_steps=1)
+    before = (tmp_path / "config.yaml").read_bytes()
+    with pytest.raises(Exception, match="holds a run with another configuration"):
+        runner.search(tiny_config("seed=8"), tmp_path, verbose=0)
+    assert (tmp_path / "config.yaml").read_bytes() == before
+
+
+def test_cli_search_prints_the_found_cells(tmp_path):
+    result = CliRunner().invoke(cli.main, ["search", "--out", str(tmp_path / "run"), "-q",
+                                           *[a for kv in TINY for a in ("--set", kv)]])
+    assert result.exit_code == 0, result.output
+    assert "normal cell" in result.output and "Genotype(normal=" in result.output
+    assert (tmp_path / "run" / "final_cells.png").stat().st_size > 1000
+
+
+def test_cli_search_bad_config_is_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("search:\n  trainer:\n    epohcs: 3\n")
+    result = CliRunner().invoke(cli.main, ["search", "--config", str(bad), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert lines == [f"error: {bad}:3: unknown key 'epohcs' in search.trainer (did you mean 'epochs'?)"]
+    assert not (tmp_path / "r").exists()
