@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from tfnas.errors import UserError
 from tfnas.proto import descriptors_pb2 as pb
 
 # Pillow draws aliased lines: draw at this multiple and downsample, which smooths curves and text.
@@ -402,7 +403,7 @@ def save(image: Image.Image, path: str | os.PathLike) -> None:
         with open(path, "w", encoding="ascii") as f:
             f.write(svg)
     else:
-        raise ValueError(f"cannot save picture to {path!r}: unknown extension {ext or '(none)'!r}, "
+        raise UserError(f"cannot save picture to {path!r}: unknown extension {ext or '(none)'!r}, "
                          f"use .png, .jpg, .jpeg or .svg")
 
 
