@@ -29,6 +29,30 @@ def petridish_key(iteration: int, phase: str) -> str:
     return f"petridish/{iteration}/{phase}"
 
 
+def named_variables(model) -> tf.Module:
+    """Every variable of a Keras model, keyed by its path ("c3/c3.n0.e1.sep_conv_3x3/dw1", ...).
+
+    Keras 3 keeps sub-layers in lists that TensorFlow's object-graph checkpoints do not follow, so a
+    plain tf.train.Checkpoint(model=...) silently leaves most weights and every BatchNorm statistic
+    out. Keying by path saves all of them, and the names come from descriptor ids, so weights can be
+    restored into a model compiled from another descriptor that shares those ops (PetriDish).
+    """
+    holder = tf.Module(name="variables")
+    holder.by_path = {v.path: v for v in model.variables}
+    return holder
+
+
+def save_weights(model, prefix: str | os.PathLike) -> str:
+    """Writes all of the model's variables (name-keyed checkpoint); returns the checkpoint path."""
+    return tf.train.Checkpoint(model=named_variables(model)).write(str(prefix))
+
+
+def load_weights(model, prefix: str | os.PathLike) -> None:
+    """Restores every variable of `model` from `save_weights` output; all of them must be found."""
+    status = tf.train.Checkpoint(model=named_variables(model)).read(str(prefix))
+    status.assert_existing_objects_matched()
+
+
 class LoopCheckpoint:
     """The checkpoint of one loop: TF objects plus a small JSON side-car (data positions, epoch)."""
 

@@ -156,5 +156,60 @@ def search(config_path, overrides, out, quiet):
     click.echo(f"found architecture: {out / runner.FINAL_DESC} (cells drawn in {out / 'final_cells.png'})")
 
 
+@main.command("eval")
+@click.option("--desc", "arch", required=True,
+              help="Final descriptor file (e.g. runs/default/final_desc.pbtxt) or a published name (DARTS_V2).")
+@config_options
+@click.option("--out", "out", default="runs/eval", show_default=True, type=click.Path(file_okay=False),
+              help="Run directory; running again on the same directory resumes the training.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@_friendly
+def eval_command(arch, config_path, overrides, out, quiet):
+    """Train a found architecture from scratch and report its test accuracy.
+
+    The cells of --desc are expanded to the depth and width of `eval.macro` (DARTS: 20 cells, 36 channels)
+    and trained with the auxiliary tower, drop path and augmentation of the configuration.
+    """
+    from tfnas import evaluation
+    config = _load(config_path, overrides)
+    final = evaluation.evaluate(config, arch, out, verbose=0 if quiet else 1)
+    click.echo(f"test accuracy {final['test_accuracy']:.4f} ({final['params']:,} params, "
+               f"{final['epochs']} epochs); weights in {out}/{evaluation.WEIGHTS}.*")
+
+
+@main.command("export")
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False),
+              help="A `tfnas eval` directory, or a `tfnas run` directory (its eval/ phase is exported).")
+@click.option("--out", "out", type=click.Path(file_okay=False),
+              help="Export base directory (default: RUN/export); the model goes to OUT/<model_name>/<version>.")
+@click.option("--model-name", help="Model name in the TF Serving layout (default: export.model_name).")
+@click.option("--version", "version", type=click.IntRange(min=1), help="Version (default: export.version).")
+@_friendly
+def export_command(run_dir, out, model_name, version):
+    """Export the trained network as a SavedModel in the TF Serving layout."""
+    import pathlib
+    from tfnas import config as config_lib, export as export_lib
+    run = pathlib.Path(run_dir)
+    saved = next((p for p in (run / "config.yaml", run / "eval" / "config.yaml") if p.exists()), None)
+    config = config_lib.load_config(saved) if saved else config_lib.load_config()
+    path = export_lib.export(run, out, model_name or config.export.model_name or "tfnas",
+                             version or int(config.export.version) or 1)
+    click.echo(f"exported {path}")
+
+
+@main.command()
+@config_options
+@click.option("--out", "out", default="runs/run", show_default=True, type=click.Path(file_okay=False),
+              help="Run directory: search/, eval/ and export/ phases; running again resumes.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@_friendly
+def run(config_path, overrides, out, quiet):
+    """Search, evaluate and export in one command (the built-in default without arguments)."""
+    from tfnas import pipeline
+    config = _load(config_path, overrides)
+    result = pipeline.run(config, out, verbose=0 if quiet else 1, echo=click.echo)
+    click.echo(f"done: test accuracy {result['test_accuracy']:.4f}; SavedModel {result['export']}")
+
+
 if __name__ == "__main__":
     main()

@@ -99,7 +99,10 @@ class NasModel(keras.Model):
         self.seed_generator = None
         if options.drop_path:
             self.drop_rate = self.add_weight(name="drop_path_rate", shape=(), initializer="zeros", trainable=False)
-            self.seed_generator = keras.random.SeedGenerator(0)
+            self.seed_generator = keras.random.SeedGenerator(0, name="drop_path_seed")
+            # A SeedGenerator is not a TF trackable: name its state here so checkpoints carry it, and a
+            # resumed evaluation draws the same drop-path masks as an uninterrupted one.
+            self.drop_path_seed_state = self.seed_generator.state
         self.built = True
 
     @property

@@ -46,7 +46,9 @@ def run_loop(step_fn: Callable[..., dict], streams: Sequence[BatchStream], epoch
             reset_metrics()
         if on_epoch_begin is not None:
             on_epoch_begin(epoch)
-        bar = keras.utils.Progbar(steps_per_epoch, verbose=verbose, unit_name="step") if verbose else None
+        # The step's logs are already epoch averages (metric trackers): the bar must show them as they are.
+        bar = keras.utils.Progbar(steps_per_epoch, verbose=verbose, unit_name="step",
+                                  stateful_metrics=list(logs) or None) if verbose else None
         if verbose:
             print(f"epoch {epoch + 1}/{epochs}")
         start = time.perf_counter()
@@ -59,6 +61,7 @@ def run_loop(step_fn: Callable[..., dict], streams: Sequence[BatchStream], epoch
             for cb in callbacks:
                 cb.on_step_end(global_step, logs)
             if bar is not None:
+                bar.stateful_metrics = set(logs)
                 bar.update(step_in_epoch, values=[(k, v) for k, v in logs.items() if not k.startswith("lr")],
                            finalize=step_in_epoch == steps_per_epoch)
             interrupted = stop_after_steps is not None and steps_run >= stop_after_steps

@@ -1,0 +1,208 @@
+"""`tfnas eval`: train the found architecture from scratch and report its test accuracy.
+
+"Once we find the right architecture, we train the network using this architecture" (seed 004). The
+finalised cells are expanded to the evaluation depth and width (DARTS: 20 cells, 36 channels) and compiled
+with the evaluation options (seed 000): auxiliary tower with its loss weight, drop path ramped linearly
+over the epochs (DARTS: drop_prob * epoch / epochs), affine BatchNorm. Training uses the DARTS recipe:
+SGD with momentum and cosine schedule, coupled weight decay, gradient clipping, random crop after padding,
+horizontal flip where it makes sense, cutout.
+
+The run directory holds config.yaml, model_desc.pbtxt (the network trained), dataset.json (normalisation
+and class names, which the export needs), metrics.json, final_weights.*, tensorboard/ and
+checkpoints/eval/. Running again on the same directory resumes; a finished evaluation is not rerun.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfnas import architectures, checkpoints, compiler, data as data_lib, descriptors, genotypes
+from tfnas.descriptors import write_atomic
+from tfnas.errors import UserError
+from tfnas.proto import config_pb2
+from tfnas.proto import descriptors_pb2 as pb
+from tfnas.search.runner import prepare_run_dir, seed_everything
+from tfnas.train import optim
+from tfnas.train.loop import EpochCallback, run_loop
+
+MODEL_DESC = "model_desc.pbtxt"
+DATASET_INFO = "dataset.json"
+METRICS = "metrics.json"
+WEIGHTS = "final_weights"  # a name-keyed TF checkpoint: final_weights.index + .data-*
+
+
+def write_weights(net: compiler.NasModel, out: pathlib.Path) -> None:
+    """Writes the trained weights beside a marker that is created last: a crash mid-write leaves no
+    marker, and the weights count as absent."""
+    checkpoints.save_weights(net, out / WEIGHTS)
+    (out / f"{WEIGHTS}.done").write_text("1\n")
+
+
+def has_weights(out: pathlib.Path) -> bool:
+    return (out / f"{WEIGHTS}.done").exists()
+
+
+def _cross_entropy(logits, labels):
+    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int32),
+                                                                         logits=logits))
+
+
+def _correct(logits, labels):
+    return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
+                                          tf.cast(labels, tf.int32)), tf.float32))
+
+
+def evaluation_desc(arch: str | pb.ModelDesc, macro: config_pb2.MacroConfig, image_shape, num_classes: int) -> pb.ModelDesc:
+    """The finalised cells of `arch` (a published name, a descriptor file or message) laid out by `macro`."""
+    if isinstance(arch, str):
+        genotype = genotypes.lookup(arch)
+        if genotype is None:
+            final = descriptors.load_model_desc(arch) if pathlib.Path(arch).exists() else None
+            if final is None:
+                raise UserError(f"{arch}: neither a descriptor file nor a published architecture "
+                                f"({', '.join(sorted(genotypes.PUBLISHED))})")
+            if architectures.is_search_desc(final):
+                raise UserError(f"{arch}: a search descriptor with mixed edges; evaluate its final_desc.pbtxt")
+            genotype = genotypes.from_desc(final)
+            source = final.source or arch
+        else:
+            source = arch.upper()
+    else:
+        genotype, source = genotypes.from_desc(arch), arch.source
+    return genotypes.to_desc(genotype, macro, list(image_shape), num_classes, source=source)
+
+
+class EvalTrainer(keras.Model):
+    """Supervised training of an evaluation network with its auxiliary towers: one `train_step` per batch."""
+
+    def __init__(self, net: compiler.NasModel, optimizer, opt_cfg: config_pb2.OptimizerConfig,
+                 augmentation: config_pb2.AugmentationConfig, mean, std, seed: int, **kw):
+        super().__init__(name=kw.pop("name", "eval_trainer"), **kw)
+        self.net, self.opt, self.opt_cfg, self.augmentation = net, optimizer, opt_cfg, augmentation
+        self.mean, self.std, self.seed = mean, std, int(seed)
+        self.opt.build(net.trainable_variables)
+        self.trackers = {n: keras.metrics.Mean(name=n) for n in ("loss", "accuracy")}
+        self.built = True
+
+    def reset_trackers(self):
+        for t in self.trackers.values():
+            t.reset_state()
+
+    def call(self, x, training=False):
+        return self.net(x, training=training)
+
+    def train_step(self, data):
+        images, labels = data
+        x = data_lib.preprocess(images, self.mean, self.std)
+        # Augmentation seeded by (seed, step): reproducible, and identical after a resume.
+        x = data_lib.augment(x, self.augmentation, tf.stack([tf.constant(self.seed, tf.int64),
+                                                              tf.cast(self.opt.iterations, tf.int64)]))
+        variables = self.net.trainable_variables
+        with tf.GradientTape() as tape:
+            logits, aux_logits = self.net.forward(x, training=True)
+            loss = _cross_entropy(logits, labels)
+            total = loss
+            for (_, weight, _), aux in zip(self.net.aux, aux_logits):
+                total = total + weight * _cross_entropy(aux, labels)
+        grads = optim.prepare_gradients(tape.gradient(total, variables), variables, self.opt_cfg)
+        self.opt.apply_gradients(zip(grads, variables))
+        self.trackers["loss"].update_state(loss)
+        self.trackers["accuracy"].update_state(_correct(logits, labels) / tf.cast(tf.shape(labels)[0], tf.float32))
+        return {**{k: t.result() for k, t in self.trackers.items()}, "lr": optim.current_lr(self.opt)}
+
+
+def test_accuracy(net: compiler.NasModel, x: np.ndarray, y: np.ndarray, mean, std, batch_size: int) -> tuple[float, float]:
+    """(accuracy, mean loss) on a whole split, in inference mode."""
+    @tf.function(input_signature=[tf.TensorSpec([None, *x.shape[1:]], tf.uint8)])
+    def logits_of(images):
+        return net(data_lib.preprocess(images, mean, std), training=False)
+
+    correct, loss = 0.0, 0.0
+    for i in range(0, len(x), batch_size):
+        logits = logits_of(x[i:i + batch_size])
+        labels = y[i:i + batch_size]
+        correct += float(_correct(logits, labels))
+        loss += float(_cross_entropy(logits, labels)) * len(labels)
+    return correct / max(len(x), 1), loss / max(len(x), 1)
+
+
+class EvalMonitor(EpochCallback):
+    def __init__(self, run_dir: pathlib.Path, net, test_split, mean, std, batch_size):
+        self.run_dir, self.net, self.test, self.mean, self.std, self.batch = run_dir, net, test_split, mean, std, batch_size
+        self.writer = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
+        self.history = []
+        path = run_dir / METRICS
+        if path.exists():
+            self.history = json.loads(path.read_text()).get("history", [])
+
+    def on_epoch_end(self, epoch, logs):
+        acc, loss = test_accuracy(self.net, *self.test, self.mean, self.std, self.batch)
+        logs["test_accuracy"], logs["test_loss"] = acc, loss
+        with self.writer.as_default(step=epoch + 1):
+            for k, v in logs.items():
+                tf.summary.scalar(f"epoch/{k}", v)
+            if self.net.drop_rate is not None:
+                tf.summary.scalar("epoch/drop_path_rate", float(self.net.drop_rate.numpy()))
+        self.writer.flush()
+        self.history = [h for h in self.history if h["epoch"] <= epoch] + [{"epoch": epoch + 1, **logs}]
+        write_atomic(self.run_dir / METRICS, json.dumps({"history": self.history}, indent=1).encode())
+        print(f"epoch {epoch + 1}: test_accuracy {acc:.4f}")
+
+
+def evaluate(config: config_pb2.ExperimentConfig, arch: str | pb.ModelDesc, out_dir: str | pathlib.Path,
+             verbose: int = 1, stop_after_steps: int | None = None,
+             dataset: data_lib.Dataset | None = None) -> dict | None:
+    """Trains `arch` from scratch (or resumes); returns the final metrics (None if stopped on purpose)."""
+    out = prepare_run_dir(out_dir, config)
+    metrics_path = out / METRICS
+    ckpt_done = out / "checkpoints" / checkpoints.EVAL / "done"
+    if ckpt_done.exists() and metrics_path.exists() and has_weights(out):
+        return json.loads(metrics_path.read_text())["final"]
+    seed_everything(config)
+    e = config.eval
+    dataset = dataset or data_lib.load_dataset(config.data)
+    mean, std = data_lib.normalization(dataset, config.data)
+    desc = evaluation_desc(arch, e.macro, dataset.image_shape, dataset.num_classes)
+    descriptors.save(desc, out / MODEL_DESC)
+    write_atomic(out / DATASET_INFO, json.dumps({
+        "dataset": dataset.name, "image_shape": list(dataset.image_shape), "class_names": dataset.class_names,
+        "mean": [float(m) for m in mean], "std": [float(s) for s in std]}, indent=1).encode())
+
+    net = compiler.compile_model(desc, compiler.EVAL_OPTIONS)
+    stream = data_lib.BatchStream(*dataset.train, e.trainer.batch_size, seed=int(config.seed))
+    steps = stream.steps_per_epoch
+    if e.trainer.max_steps_per_epoch:
+        steps = min(steps, e.trainer.max_steps_per_epoch)
+    opt = optim.make_optimizer(e.trainer.optimizer, e.trainer.epochs, steps, "optimizer")
+    trainer = EvalTrainer(net, opt, e.trainer.optimizer, e.augmentation, mean, std, int(config.seed))
+    image_spec = tf.TensorSpec([e.trainer.batch_size, *dataset.image_shape], tf.uint8)
+
+    @tf.function(input_signature=[image_spec, tf.TensorSpec([e.trainer.batch_size], tf.int64)])
+    def step(images, labels):
+        return trainer.train_step((images, labels))
+
+    def on_epoch_begin(epoch):
+        if net.drop_rate is not None:
+            net.drop_rate.assign(e.drop_path_prob * epoch / max(e.trainer.epochs, 1))
+
+    # The drop-path seed generator's state is one of the net's variables, so it is saved with it.
+    loop_ckpt = checkpoints.LoopCheckpoint(out, checkpoints.EVAL, net=checkpoints.named_variables(net),
+                                           optimizer=opt)
+    monitor = EvalMonitor(out, net, dataset.test, mean, std, e.trainer.batch_size)
+    logs = run_loop(step, [stream], e.trainer.epochs, steps, loop_ckpt, trainer.reset_trackers,
+                    callbacks=[monitor], on_epoch_begin=on_epoch_begin,
+                    checkpoint_every_steps=e.trainer.checkpoint_every_steps, verbose=verbose,
+                    stop_after_steps=stop_after_steps)
+    if not loop_ckpt.done:
+        return None
+    write_weights(net, out)
+    acc, loss = test_accuracy(net, *dataset.test, mean, std, e.trainer.batch_size)
+    final = {"test_accuracy": acc, "test_loss": loss, "params": compiler.count_params(net, include_aux=False),
+             "params_with_aux": compiler.count_params(net), "epochs": e.trainer.epochs,
+             "train_accuracy": logs.get("accuracy")}
+    write_atomic(metrics_path, json.dumps({"final": final, "history": monitor.history}, indent=1).encode())
+    return final

@@ -1,0 +1,117 @@
+"""`tfnas export`: the trained evaluation network as a SavedModel that TF Serving loads.
+
+Layout: <export_dir>/<model_name>/<version>/ (saved_model.pb, variables/, assets/). The `serving_default`
+signature takes `images`, a uint8 batch [N, H, W, C] of any batch size (other sizes are resized to the
+training size), normalises inside the graph, and returns `probabilities`, `class_id` and `class_name`. The
+network is recompiled without auxiliary tower and drop path, and the trained weights are copied in by
+variable path (op ids name the layers), so neither is in the exported graph or its variables. The
+descriptor and the class names travel with the model as assets.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+from tfnas import checkpoints, compiler, descriptors
+from tfnas.errors import UserError
+from tfnas.evaluation import DATASET_INFO, MODEL_DESC, WEIGHTS, has_weights
+from tfnas.proto import descriptors_pb2 as pb
+
+SERVING_OPTIONS = pb.CompilerOptions(aux_towers=False, drop_path=False, affine=True)
+SIGNATURE_INPUT = "images"
+
+
+def transfer_weights(src: compiler.NasModel, dst: compiler.NasModel) -> int:
+    """Copies every variable of `dst` from the variable of `src` with the same path; returns the count."""
+    source = {v.path: v for v in src.variables}
+    missing = [v.path for v in dst.variables if v.path not in source]
+    if missing:
+        raise ValueError(f"{len(missing)} variables have no trained value, e.g. {missing[:3]}")
+    for v in dst.variables:
+        if tuple(v.shape) != tuple(source[v.path].shape):
+            raise ValueError(f"{v.path}: shape {tuple(v.shape)} != trained {tuple(source[v.path].shape)}")
+        v.assign(source[v.path].value)
+    return len(dst.variables)
+
+
+class ServingModule(tf.Module):
+    def __init__(self, net: compiler.NasModel, info: dict, desc_path: str, classes_path: str):
+        super().__init__(name="tfnas_serving")
+        self.net = net
+        # Keras 3 variables wrap tf.Variables that tf.Module does not find by itself: track them here.
+        self.net_variables = [v._value for v in net.variables]
+        self.image_shape = list(info["image_shape"])
+        self.mean = tf.constant(info["mean"], tf.float32)
+        self.std = tf.constant(info["std"], tf.float32)
+        self.class_names = tf.constant(info["class_names"])
+        self.descriptor = tf.saved_model.Asset(desc_path)
+        self.classes = tf.saved_model.Asset(classes_path)
+        h, w, c = self.image_shape
+        self.serve = tf.function(self._serve, input_signature=[
+            tf.TensorSpec([None, None, None, c], tf.uint8, name=SIGNATURE_INPUT)])
+
+    def _serve(self, images):
+        h, w, _ = self.image_shape
+        x = tf.cast(images, tf.float32)
+        same = tf.logical_and(tf.equal(tf.shape(x)[1], h), tf.equal(tf.shape(x)[2], w))
+        x = tf.cond(same, lambda: x, lambda: tf.image.resize(x, [h, w]))
+        x = tf.ensure_shape(x, [None, *self.image_shape])
+        x = (x / 255.0 - self.mean) / self.std
+        probabilities = tf.nn.softmax(self.net(x, training=False), axis=-1)
+        class_id = tf.argmax(probabilities, axis=-1)
+        return {"probabilities": probabilities, "class_id": class_id,
+                "class_name": tf.gather(self.class_names, class_id)}
+
+
+def find_eval_dir(run_dir: str | pathlib.Path) -> pathlib.Path:
+    """The evaluation output inside `run_dir`: the directory itself or its `eval/` phase folder."""
+    run = pathlib.Path(run_dir)
+    for candidate in (run, run / "eval"):
+        if (candidate / MODEL_DESC).exists() and has_weights(candidate):
+            return candidate
+    raise UserError(f"{run}: no finished evaluation here (expected {MODEL_DESC} and {WEIGHTS}, or an eval/ "
+                    "folder with them); run `tfnas eval` or `tfnas run` first")
+
+
+def load_trained(eval_dir: pathlib.Path) -> tuple[pb.ModelDesc, compiler.NasModel, dict]:
+    desc = descriptors.load_model_desc(eval_dir / MODEL_DESC)
+    info = json.loads((eval_dir / DATASET_INFO).read_text())
+    trained = compiler.compile_model(desc, compiler.EVAL_OPTIONS)
+    checkpoints.load_weights(trained, eval_dir / WEIGHTS)
+    return desc, trained, info
+
+
+def export(run_dir: str | pathlib.Path, export_dir: str | pathlib.Path | None = None, model_name: str = "tfnas",
+           version: int = 1) -> pathlib.Path:
+    """Writes the SavedModel; refuses to overwrite an existing version (bump `version` instead)."""
+    eval_dir = find_eval_dir(run_dir)
+    base = pathlib.Path(export_dir) if export_dir else pathlib.Path(run_dir) / "export"
+    target = base / model_name / str(version)
+    if target.exists():
+        raise UserError(f"{target} already exists; export under another version (export.version) or remove it")
+    desc, trained, info = load_trained(eval_dir)
+    net = compiler.compile_model(desc, SERVING_OPTIONS)
+    transfer_weights(trained, net)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{version}.") as tmp:
+        tmp = pathlib.Path(tmp)
+        descriptors.save(desc, tmp / "model_desc.pbtxt")
+        (tmp / "classes.txt").write_text("".join(f"{c}\n" for c in info["class_names"]))
+        module = ServingModule(net, info, str(tmp / "model_desc.pbtxt"), str(tmp / "classes.txt"))
+        saved = tmp / "saved_model"
+        tf.saved_model.save(module, str(saved), signatures={"serving_default": module.serve})
+        saved.rename(target)  # atomic on one filesystem: a version folder is complete or absent
+    return target
+
+
+def reference_predictions(run_dir: str | pathlib.Path, images: np.ndarray) -> np.ndarray:
+    """Class probabilities of the trained Keras model (no export), for checking an export against."""
+    eval_dir = find_eval_dir(run_dir)
+    _, trained, info = load_trained(eval_dir)
+    x = (images.astype(np.float32) / 255.0 - np.asarray(info["mean"], np.float32)) / np.asarray(info["std"], np.float32)
+    return tf.nn.softmax(trained(x, training=False), axis=-1).numpy()
