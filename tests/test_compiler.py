@@ -113,3 +113,19 @@ def test_weights_round_trip_every_variable_by_name(tmp_path):
         assert va.path == vb.path
         np.testing.assert_array_equal(va.numpy(), vb.numpy(), err_msg=va.path)
     np.testing.assert_allclose(a(x), b(x), atol=1e-6)
+
+
+def test_multiply_adds_follow_each_state_resolution():
+    """In a reduction cell, edges from the inputs run at the input size and edges between nodes at half."""
+    m = config_pb2.MacroConfig(channels=4, cells=1, nodes=2, stem_multiplier=1, reduction_cells=[0])
+    desc = macro.build_macro(m, [8, 8, 3], 10)
+    genotypes.fill_cell(desc.cells[0], [("skip_connect", 1), ("skip_connect", 0),
+                                        ("sep_conv_3x3", 2), ("skip_connect", 0)], [2, 3])
+    model = compiler.compile_model(macro.rewire(desc), compiler.EVAL_OPTIONS)
+    c = 8  # reduction doubles the channels
+    stem = 8 * 8 * 9 * 3 * 4
+    pre = 2 * 8 * 8 * 4 * c                         # two 1x1 preprocessing convs at 8x8
+    skips = 3 * 4 * 4 * (c * c // 2) * 2            # three stride-2 skips = FactorizedReduce at 4x4 output
+    sep = 2 * 4 * 4 * (9 * c + c * c)               # sep_conv_3x3 between nodes, at 4x4
+    head = 2 * c * 10
+    assert compiler.multiply_adds(model) == stem + pre + skips + sep + head

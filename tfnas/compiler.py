@@ -157,11 +157,17 @@ def multiply_adds(model: NasModel, include_aux: bool = False) -> int:
     for i, cell in enumerate(model.cells):
         (h0, w0), (h1, w1) = sizes
         total += cell.pre0.macs(h0, w0) + cell.pre1.macs(h1, w1)
-        out_hw = (h1, w1)
+        # Both preprocessed inputs are at s1's resolution; every node is at the cell's output resolution,
+        # which the edges reading the inputs set (stride 2 in a reduction cell).
+        state_hw = [(h1, w1), (h1, w1)]
         for node_edges in cell.edges:
-            for _, layer, _ in node_edges:
-                total += layer.macs(h1, w1)
-                out_hw = layer.out_size(h1, w1)
+            node_hw = None
+            for inputs, layer, _ in node_edges:
+                in_hw = state_hw[inputs[0]]
+                total += layer.macs(*in_hw)
+                node_hw = layer.out_size(*in_hw)
+            state_hw.append(node_hw or (h1, w1))
+        out_hw = state_hw[cell.concat[0]] if cell.concat else (h1, w1)
         sizes = [sizes[1], out_hw]
         if include_aux:
             total += sum(t.macs(*out_hw) for at, _, t in model.aux if at == i)
