@@ -27,6 +27,7 @@ from tfnas.proto import config_pb2
 from tfnas.proto import descriptors_pb2 as pb
 from tfnas.search.runner import prepare_run_dir, seed_everything
 from tfnas.train import optim
+from tfnas.train.metrics import accuracy, correct, cross_entropy
 from tfnas.train.loop import EpochCallback, run_loop
 
 MODEL_DESC = "model_desc.pbtxt"
@@ -44,16 +45,6 @@ def write_weights(net: compiler.NasModel, out: pathlib.Path) -> None:
 
 def has_weights(out: pathlib.Path) -> bool:
     return (out / f"{WEIGHTS}.done").exists()
-
-
-def _cross_entropy(logits, labels):
-    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int32),
-                                                                         logits=logits))
-
-
-def _correct(logits, labels):
-    return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
-                                          tf.cast(labels, tf.int32)), tf.float32))
 
 
 def evaluation_desc(arch: str | pb.ModelDesc, macro: config_pb2.MacroConfig, image_shape, num_classes: int) -> pb.ModelDesc:
@@ -104,35 +95,40 @@ class EvalTrainer(keras.Model):
         variables = self.net.trainable_variables
         with tf.GradientTape() as tape:
             logits, aux_logits = self.net.forward(x, training=True)
-            loss = _cross_entropy(logits, labels)
+            loss = cross_entropy(logits, labels)
             total = loss
             for (_, weight, _), aux in zip(self.net.aux, aux_logits):
-                total = total + weight * _cross_entropy(aux, labels)
+                total = total + weight * cross_entropy(aux, labels)
         grads = optim.prepare_gradients(tape.gradient(total, variables), variables, self.opt_cfg)
         self.opt.apply_gradients(zip(grads, variables))
         self.trackers["loss"].update_state(loss)
-        self.trackers["accuracy"].update_state(_correct(logits, labels) / tf.cast(tf.shape(labels)[0], tf.float32))
+        self.trackers["accuracy"].update_state(accuracy(logits, labels))
         return {**{k: t.result() for k, t in self.trackers.items()}, "lr": optim.current_lr(self.opt)}
 
 
-def test_accuracy(net: compiler.NasModel, x: np.ndarray, y: np.ndarray, mean, std, batch_size: int) -> tuple[float, float]:
-    """(accuracy, mean loss) on a whole split, in inference mode."""
-    @tf.function(input_signature=[tf.TensorSpec([None, *x.shape[1:]], tf.uint8)])
+def logits_function(net: compiler.NasModel, image_shape, mean, std):
+    """A traced inference function uint8 images -> logits; built once and reused every epoch."""
+    @tf.function(input_signature=[tf.TensorSpec([None, *image_shape], tf.uint8)], autograph=False)
     def logits_of(images):
         return net(data_lib.preprocess(images, mean, std), training=False)
+    return logits_of
 
-    correct, loss = 0.0, 0.0
+
+def test_accuracy(logits_of, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, float]:
+    """(accuracy, mean loss) on a whole split, in inference mode."""
+    hits, loss = 0.0, 0.0
     for i in range(0, len(x), batch_size):
         logits = logits_of(x[i:i + batch_size])
         labels = y[i:i + batch_size]
-        correct += float(_correct(logits, labels))
-        loss += float(_cross_entropy(logits, labels)) * len(labels)
-    return correct / max(len(x), 1), loss / max(len(x), 1)
+        hits += float(correct(logits, labels))
+        loss += float(cross_entropy(logits, labels)) * len(labels)
+    return hits / max(len(x), 1), loss / max(len(x), 1)
 
 
 class EvalMonitor(EpochCallback):
     def __init__(self, run_dir: pathlib.Path, net, test_split, mean, std, batch_size):
-        self.run_dir, self.net, self.test, self.mean, self.std, self.batch = run_dir, net, test_split, mean, std, batch_size
+        self.run_dir, self.net, self.test, self.batch = run_dir, net, test_split, batch_size
+        self.logits_of = logits_function(net, test_split[0].shape[1:], mean, std)
         self.writer = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
         self.history = []
         path = run_dir / METRICS
@@ -140,7 +136,7 @@ class EvalMonitor(EpochCallback):
             self.history = json.loads(path.read_text()).get("history", [])
 
     def on_epoch_end(self, epoch, logs):
-        acc, loss = test_accuracy(self.net, *self.test, self.mean, self.std, self.batch)
+        acc, loss = test_accuracy(self.logits_of, *self.test, self.batch)
         logs["test_accuracy"], logs["test_loss"] = acc, loss
         with self.writer.as_default(step=epoch + 1):
             for k, v in logs.items():
@@ -181,7 +177,7 @@ def evaluate(config: config_pb2.ExperimentConfig, arch: str | pb.ModelDesc, out_
     trainer = EvalTrainer(net, opt, e.trainer.optimizer, e.augmentation, mean, std, int(config.seed))
     image_spec = tf.TensorSpec([e.trainer.batch_size, *dataset.image_shape], tf.uint8)
 
-    @tf.function(input_signature=[image_spec, tf.TensorSpec([e.trainer.batch_size], tf.int64)])
+    @tf.function(input_signature=[image_spec, tf.TensorSpec([e.trainer.batch_size], tf.int64)], autograph=False)
     def step(images, labels):
         return trainer.train_step((images, labels))
 
@@ -200,7 +196,7 @@ def evaluate(config: config_pb2.ExperimentConfig, arch: str | pb.ModelDesc, out_
     if not loop_ckpt.done:
         return None
     write_weights(net, out)
-    acc, loss = test_accuracy(net, *dataset.test, mean, std, e.trainer.batch_size)
+    acc, loss = test_accuracy(monitor.logits_of, *dataset.test, e.trainer.batch_size)
     final = {"test_accuracy": acc, "test_loss": loss, "params": compiler.count_params(net, include_aux=False),
              "params_with_aux": compiler.count_params(net), "epochs": e.trainer.epochs,
              "train_accuracy": logs.get("accuracy")}

@@ -52,7 +52,7 @@ class ServingModule(tf.Module):
         self.descriptor = tf.saved_model.Asset(desc_path)
         self.classes = tf.saved_model.Asset(classes_path)
         h, w, c = self.image_shape
-        self.serve = tf.function(self._serve, input_signature=[
+        self.serve = tf.function(self._serve, autograph=False, input_signature=[
             tf.TensorSpec([None, None, None, c], tf.uint8, name=SIGNATURE_INPUT)])
 
     def _serve(self, images):

@@ -16,16 +16,7 @@ import tensorflow as tf
 from tfnas.compiler import NasModel
 from tfnas.proto import config_pb2
 from tfnas.train import optim
-
-
-def _loss(logits, labels):
-    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int32),
-                                                                         logits=logits))
-
-
-def _accuracy(logits, labels):
-    return tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
-                                           tf.cast(labels, tf.int32)), tf.float32))
+from tfnas.train.metrics import accuracy, cross_entropy
 
 
 class BilevelSearch(keras.Model):
@@ -60,9 +51,9 @@ class BilevelSearch(keras.Model):
         val_logits = self.alpha_step(x_train, y_train, x_val, y_val)
         train_logits, train_loss = self.weight_step(x_train, y_train)
         self.trackers["loss"].update_state(train_loss)
-        self.trackers["accuracy"].update_state(_accuracy(train_logits, y_train))
-        self.trackers["val_loss"].update_state(_loss(val_logits, y_val))
-        self.trackers["val_accuracy"].update_state(_accuracy(val_logits, y_val))
+        self.trackers["accuracy"].update_state(accuracy(train_logits, y_train))
+        self.trackers["val_loss"].update_state(cross_entropy(val_logits, y_val))
+        self.trackers["val_accuracy"].update_state(accuracy(val_logits, y_val))
         logs = {k: t.result() for k, t in self.trackers.items()}
         logs["lr"] = optim.current_lr(self.weight_opt)
         logs["alpha_lr"] = optim.current_lr(self.alpha_opt)
@@ -72,7 +63,7 @@ class BilevelSearch(keras.Model):
         weights = self.net.weights_only
         with tf.GradientTape() as tape:
             logits = self.net(x, training=True)
-            loss = _loss(logits, y)
+            loss = cross_entropy(logits, y)
         grads = optim.prepare_gradients(tape.gradient(loss, weights), weights, self.weight_cfg)
         self.weight_opt.apply_gradients(zip(grads, weights))
         return logits, loss
@@ -82,7 +73,7 @@ class BilevelSearch(keras.Model):
         if self.order == 1:
             with tf.GradientTape() as tape:
                 logits = self.net(x_val, training=True)
-                loss = _loss(logits, y_val)
+                loss = cross_entropy(logits, y_val)
             grads = tape.gradient(loss, alphas)
         else:
             logits, grads = self.second_order_alpha_gradients(x_train, y_train, x_val, y_val)
@@ -98,7 +89,7 @@ class BilevelSearch(keras.Model):
 
         # The virtual step uses the optimiser's own update direction: momentum, gradient, L2 decay.
         with tf.GradientTape() as tape:
-            loss = _loss(self.net(x_train, training=True), y_train)
+            loss = cross_entropy(self.net(x_train, training=True), y_train)
         grads = tape.gradient(loss, weights)
         direction = self.virtual_step_direction(grads, weights, xi)
         for w, d in zip(weights, direction):
@@ -107,7 +98,7 @@ class BilevelSearch(keras.Model):
         # At w': gradient of L_val for alphas and for the weights.
         with tf.GradientTape() as tape:
             logits = self.net(x_val, training=True)
-            loss = _loss(logits, y_val)
+            loss = cross_entropy(logits, y_val)
         grads = tape.gradient(loss, alphas + weights)
         d_alpha, d_weights = grads[:len(alphas)], grads[len(alphas):]
 
@@ -126,7 +117,7 @@ class BilevelSearch(keras.Model):
 
     def _alpha_grads(self, x, y):
         with tf.GradientTape() as tape:
-            loss = _loss(self.net(x, training=True), y)
+            loss = cross_entropy(self.net(x, training=True), y)
         return tape.gradient(loss, self.net.alphas)
 
     def virtual_step_direction(self, grads, weights, xi):

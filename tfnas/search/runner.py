@@ -90,7 +90,7 @@ def search(config: config_pb2.ExperimentConfig, out_dir: str | pathlib.Path, ver
     image_spec = tf.TensorSpec([batch, *dataset.image_shape], tf.uint8)
     label_spec = tf.TensorSpec([batch], tf.int64)
 
-    @tf.function(input_signature=[image_spec, label_spec, image_spec, label_spec])
+    @tf.function(input_signature=[image_spec, label_spec, image_spec, label_spec], autograph=False)
     def step(x_train, y_train, x_val, y_val):
         prep = lambda x: data_lib.preprocess(x, mean, std)  # noqa: E731
         return searcher.train_step(((prep(x_train), y_train), (prep(x_val), y_val)))
