@@ -155,3 +155,12 @@ def test_cli_run_end_to_end_and_errors(tmp_path):
     assert missing.exit_code == 2 and missing.output.startswith("error: ") and "no finished evaluation" in missing.output
     bad_desc = CliRunner().invoke(cli.main, ["eval", "--desc", "NOPE", "--out", str(tmp_path / "e")])
     assert bad_desc.exit_code == 2 and "neither a descriptor file nor a published architecture" in bad_desc.output
+
+
+def test_an_eval_directory_refuses_another_architecture(trained):
+    out, final = trained
+    before = (out / evaluation.MODEL_DESC).read_bytes()
+    with pytest.raises(Exception, match="holds the evaluation of another architecture"):
+        evaluation.evaluate(cfg(), "DARTS_V1", out, verbose=0)
+    assert (out / evaluation.MODEL_DESC).read_bytes() == before
+    assert evaluation.evaluate(cfg(), "DARTS_V2", out, verbose=0) == final  # finished: not rerun

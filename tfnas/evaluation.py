@@ -153,16 +153,19 @@ def evaluate(config: config_pb2.ExperimentConfig, arch: str | pb.ModelDesc, out_
              verbose: int = 1, stop_after_steps: int | None = None,
              dataset: data_lib.Dataset | None = None) -> dict | None:
     """Trains `arch` from scratch (or resumes); returns the final metrics (None if stopped on purpose)."""
+    e = config.eval
+    dataset = dataset or data_lib.load_dataset(config.data)
+    desc = evaluation_desc(arch, e.macro, dataset.image_shape, dataset.num_classes)
     out = prepare_run_dir(out_dir, config)
+    if (out / MODEL_DESC).exists() and descriptors.load_model_desc(out / MODEL_DESC) != desc:
+        raise UserError(f"{out} holds the evaluation of another architecture ({out / MODEL_DESC}); "
+                        "use a new --out directory")
     metrics_path = out / METRICS
     ckpt_done = out / "checkpoints" / checkpoints.EVAL / "done"
     if ckpt_done.exists() and metrics_path.exists() and has_weights(out):
         return json.loads(metrics_path.read_text())["final"]
     seed_everything(config)
-    e = config.eval
-    dataset = dataset or data_lib.load_dataset(config.data)
     mean, std = data_lib.normalization(dataset, config.data)
-    desc = evaluation_desc(arch, e.macro, dataset.image_shape, dataset.num_classes)
     descriptors.save(desc, out / MODEL_DESC)
     write_atomic(out / DATASET_INFO, json.dumps({
         "dataset": dataset.name, "image_shape": list(dataset.image_shape), "class_names": dataset.class_names,
