@@ -150,6 +150,19 @@ def package_version(*names: str) -> str | None:
     return None
 
 
+def git_state() -> str | None:
+    """Commit of the checkout the children import tfnas from, and whether tfnas/ has uncommitted edits."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(tfnas.__file__)))
+    try:
+        commit = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "tfnas"], capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}{' + uncommitted changes in tfnas/' if dirty else ''}" if commit else None
+
+
 def machine_info() -> dict:
     info = cpu_info()
     mem_total = None
@@ -171,6 +184,7 @@ def machine_info() -> dict:
         xla="off (no jit_compile, no TF_XLA_FLAGS auto-jit)" if "xla_auto_jit" not in os.environ.get(
             "TF_XLA_FLAGS", "") else f"TF_XLA_FLAGS={os.environ['TF_XLA_FLAGS']}",
         load_average_at_start=[round(x, 2) for x in load] if load else None,
+        tfnas_git=git_state(),
     )
     return info
 
@@ -270,7 +284,8 @@ def run_child(case: str, order: int, steps: int, result_path: str) -> int:
         image_spec = tf.TensorSpec([batch, *IMAGE_SHAPE], tf.uint8)
         label_spec = tf.TensorSpec([batch], tf.int64)
 
-        @tf.function(input_signature=[image_spec, label_spec, image_spec, label_spec])
+        # The step exactly as tfnas.search.runner.search defines it.
+        @tf.function(input_signature=[image_spec, label_spec, image_spec, label_spec], autograph=False)
         def step(x_train, y_train, x_val, y_val):
             prep = lambda x: data_lib.preprocess(x, mean, std)  # noqa: E731
             return searcher.train_step(((prep(x_train), y_train), (prep(x_val), y_val)))
@@ -320,7 +335,9 @@ def run_child(case: str, order: int, steps: int, result_path: str) -> int:
             f"{result['images_per_s']:.2f} img/s, peak {result['peak_gib']:.2f} GiB")
         return 0
     except BaseException as err:  # noqa: BLE001 - recorded in the row; the parent goes on
-        result["error"] = f"{type(err).__name__} during {result.get('phase')}: {str(err)[:500]}"
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        result["error"] = f"{type(err).__name__} during {result.get('phase')}: {(lines or [''])[-1][:300]}"
+        result["error_detail"] = str(err)[-3000:]
         save()
         raise
 
@@ -461,7 +478,8 @@ def main(argv=None) -> int:
           f"load average {machine['load_average_at_start']}")
     print(f"peak fp32: {machine['peak_gflops']:.1f} GFLOP/s = {machine['peak_convention']}")
     print(f"{machine['tensorflow_package']}, {machine['keras_package']}, "
-          f"TF_ENABLE_ONEDNN_OPTS={machine['TF_ENABLE_ONEDNN_OPTS']}, XLA {machine['xla']}", flush=True)
+          f"TF_ENABLE_ONEDNN_OPTS={machine['TF_ENABLE_ONEDNN_OPTS']}, XLA {machine['xla']}; "
+          f"tfnas {machine['tfnas_git']}", flush=True)
 
     rows = []
     t0 = time.perf_counter()
@@ -484,7 +502,7 @@ def main(argv=None) -> int:
           f"peak {machine['peak_gflops']:.1f} GFLOP/s fp32; TensorFlow {machine.get('tf_version', '?')}, "
           f"Keras {machine.get('keras_version', '?')}, TF_ENABLE_ONEDNN_OPTS={machine['TF_ENABLE_ONEDNN_OPTS']}, "
           f"XLA off; threads inter/intra {machine.get('inter_op_threads', '?')}/"
-          f"{machine.get('intra_op_threads', '?')} (0 = TF default)")
+          f"{machine.get('intra_op_threads', '?')} (0 = TF default); tfnas {machine['tfnas_git']}")
     print(f"cases: small = C8, 5 cells, batch 32; cifar = C16, 8 cells, batch 64; 4 nodes, 8 primitives, "
           f"32x32x3, 10 classes")
     print(table(rows, machine))

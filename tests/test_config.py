@@ -345,3 +345,9 @@ def test_config_does_not_import_tensorflow():
 def test_float_fields_keep_float32_values_through_yaml():
     c = cfg.load_config(None, ["search.darts.alpha_init_scale=1e-7"])
     assert math.isclose(c.search.darts.alpha_init_scale, 1e-7, rel_tol=1e-6)
+
+
+def test_a_value_out_of_range_in_a_file_names_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("search:\n  macro:\n    cells: 0\n")
+    assert error(path, []) == f"{path}: search.macro.cells: must be >= 1, got 0"

@@ -262,7 +262,10 @@ def load_config(path: str | os.PathLike[str] | None = None,
         json_format.ParseDict(data, config, ignore_unknown_fields=False)
     except json_format.ParseError as err:  # the checks above should make this unreachable
         raise ConfigError(f"{path or DEFAULT_CONFIG_PATH}: {err}") from None
-    validate(config)
+    try:
+        validate(config)
+    except ConfigError as err:  # a value out of range: name the user's file too (the field is named)
+        raise ConfigError(f"{path}: {err}" if path is not None else str(err)) from None
     return config
 
 
