@@ -37,7 +37,8 @@ def main() -> None:
 
     import tfnas  # noqa: F401  (sets TF_ENABLE_ONEDNN_OPTS before TensorFlow loads)
     import tensorflow as tf
-    from tfnas import checkpoints, compiler, config, evaluation, export
+    from tfnas import compiler, config, evaluation, export, runtime
+    runtime.configure_threads()  # what the tfnas commands use
     from tfnas.proto import config_pb2
     from tfnas.train import optim
 

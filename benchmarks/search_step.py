@@ -218,8 +218,9 @@ def run_child(case: str, order: int, steps: int, result_path: str) -> int:
         import numpy as np
         import tensorflow as tf
 
-        from tfnas import compiler, config as config_lib, data as data_lib, macro
+        from tfnas import compiler, config as config_lib, data as data_lib, macro, runtime
         from tfnas.proto import config_pb2
+        runtime.configure_threads()  # what the tfnas commands use
         from tfnas.search import darts
         from tfnas.search.bilevel import BilevelSearch
         from tfnas.train import optim

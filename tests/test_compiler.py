@@ -1,6 +1,5 @@
 """The compiler reproduces the reference networks exactly and applies the options as seed 000 says."""
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from tfnas import architectures, compiler, genotypes, macro, ops

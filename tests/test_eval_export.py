@@ -11,7 +11,6 @@ import tensorflow as tf
 from click.testing import CliRunner
 
 from tfnas import cli, config, data as data_lib, evaluation, export
-from tfnas.search import runner
 
 # A small evaluation network on the built-in digits: 3 cells of 8 channels, a few epochs.
 EVAL = ["eval.macro.cells=3", "eval.macro.channels=8", "eval.trainer.epochs=4", "eval.trainer.batch_size=64",

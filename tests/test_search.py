@@ -1,6 +1,5 @@
 """DARTS search end to end: finds the right op, is deterministic, resumes exactly, writes its run dir."""
 import json
-import pathlib
 
 import numpy as np
 import pytest

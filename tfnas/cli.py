@@ -44,6 +44,8 @@ def _friendly(fn):
     def wrapper(*args, **kwargs):
         try:
             _import_tensorflow_quietly()
+            from tfnas import runtime
+            runtime.configure_threads()
             return fn(*args, **kwargs)
         except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
             raise
@@ -145,7 +147,7 @@ def search(config_path, overrides, out, quiet):
     (no download), a few minutes on 2 CPU cores.
     """
     import pathlib
-    from tfnas import architectures, draw as draw_lib, summary
+    from tfnas import draw as draw_lib, summary
     from tfnas.search import runner
     config = _load(config_path, overrides)
     final = runner.search(config, out, verbose=0 if quiet else 1)

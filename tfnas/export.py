@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import shutil
 import tempfile
 
 import numpy as np
