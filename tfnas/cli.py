@@ -129,6 +129,15 @@ def config_options(fn):
     return fn
 
 
+def run_dir_options(default: str, what: str):
+    """--out (a resumable run directory) and --quiet, shared by the commands that train."""
+    def decorate(fn):
+        fn = click.option("-q", "--quiet", is_flag=True, help="No progress bars.")(fn)
+        return click.option("--out", "out", default=default, show_default=True, type=click.Path(file_okay=False),
+                            help=f"Run directory{what}; running again on the same directory resumes.")(fn)
+    return decorate
+
+
 def _load(config_path, overrides):
     from tfnas import config as config_lib
     return config_lib.load_config(config_path, overrides)
@@ -136,9 +145,7 @@ def _load(config_path, overrides):
 
 @main.command()
 @config_options
-@click.option("--out", "out", default="runs/search", show_default=True, type=click.Path(file_okay=False),
-              help="Run directory; running again on the same directory resumes the search.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@run_dir_options("runs/search", "")
 @_friendly
 def search(config_path, overrides, out, quiet):
     """Search a cell architecture (DARTS) and write OUT/final_desc.pbtxt.
@@ -162,9 +169,7 @@ def search(config_path, overrides, out, quiet):
 @click.option("--desc", "arch", required=True,
               help="Final descriptor file (e.g. runs/default/final_desc.pbtxt) or a published name (DARTS_V2).")
 @config_options
-@click.option("--out", "out", default="runs/eval", show_default=True, type=click.Path(file_okay=False),
-              help="Run directory; running again on the same directory resumes the training.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@run_dir_options("runs/eval", "")
 @_friendly
 def eval_command(arch, config_path, overrides, out, quiet):
     """Train a found architecture from scratch and report its test accuracy.
@@ -201,9 +206,7 @@ def export_command(run_dir, out, model_name, version):
 
 @main.command()
 @config_options
-@click.option("--out", "out", default="runs/run", show_default=True, type=click.Path(file_okay=False),
-              help="Run directory: search/, eval/ and export/ phases; running again resumes.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@run_dir_options("runs/run", " (phases in search/, eval/ and export/)")
 @_friendly
 def run(config_path, overrides, out, quiet):
     """Search, evaluate and export in one command (the built-in default without arguments)."""

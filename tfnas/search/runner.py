@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfnas import checkpoints, compiler, config as config_lib, data as data_lib, descriptors, genotypes, macro, ops
+from tfnas import checkpoints, compiler, config as config_lib, data as data_lib, descriptors, macro
 from tfnas.errors import UserError
 from tfnas.proto import config_pb2
 from tfnas.proto import descriptors_pb2 as pb
@@ -117,10 +117,3 @@ def search(config: config_pb2.ExperimentConfig, out_dir: str | pathlib.Path, ver
     if verbose:
         print(f"final val_accuracy {logs.get('val_accuracy', float('nan')):.4f}")
     return final
-
-
-def describe_result(final: pb.ModelDesc) -> str:
-    return genotypes.format_genotype(genotypes.from_desc(final))
-
-
-__all__ = ["search", "describe_result", "ops"]
