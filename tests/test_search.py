@@ -119,3 +119,12 @@ def test_cli_search_bad_config_is_one_line(tmp_path):
     lines = result.output.strip().splitlines()
     assert lines == [f"error: {bad}:3: unknown key 'epohcs' in search.trainer (did you mean 'epochs'?)"]
     assert not (tmp_path / "r").exists()
+
+
+def test_a_search_that_cannot_load_its_data_fails_fast_and_writes_nothing(tmp_path):
+    import time
+    start = time.perf_counter()
+    result = CliRunner().invoke(cli.main, ["search", "--out", str(tmp_path / "run"), "--set", "data.dataset=mnist",
+                                           "--set", f"data.data_dir={tmp_path / 'tfds'}"])
+    assert result.exit_code == 2 and result.output.startswith("error: dataset 'mnist' is not prepared")
+    assert time.perf_counter() - start < 30 and not (tmp_path / "run").exists()

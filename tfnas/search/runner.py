@@ -61,13 +61,14 @@ def search(config: config_pb2.ExperimentConfig, out_dir: str | pathlib.Path, ver
     if config.search.algorithm != config_pb2.SearchConfig.DARTS:
         name = config_pb2.SearchConfig.Algorithm.Name(config.search.algorithm)
         raise UserError(f"search.algorithm: {name} is not implemented yet (available: DARTS)")
+    # The data first: a run that cannot start (no dataset offline, say) leaves no directory behind.
+    dataset = dataset or data_lib.load_dataset(config.data)
     out = prepare_run_dir(out_dir, config)
     final_path = out / FINAL_DESC
     if final_path.exists() and (out / "checkpoints" / checkpoints.SEARCH / "done").exists():
         return descriptors.load_model_desc(final_path)
     seed_everything(config)
     s = config.search
-    dataset = dataset or data_lib.load_dataset(config.data)
     mean, std = data_lib.normalization(dataset, config.data)
     (xt, yt), (xv, yv) = data_lib.search_split(dataset, config.data.search_train_fraction)
     batch = s.trainer.batch_size
