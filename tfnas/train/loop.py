@@ -53,6 +53,9 @@ def run_loop(step_fn: Callable[..., dict], streams: Sequence[BatchStream], epoch
             print(f"epoch {epoch + 1}/{epochs}")
         start = time.perf_counter()
         while step_in_epoch < steps_per_epoch:
+            if verbose and steps_run == 0:
+                print("tracing the training step: the first step builds its graph and takes a while "
+                      "(about a minute for the default search on 2 cores)", flush=True)
             batches = [x for stream in streams for x in stream.next()]
             logs = {k: float(v) for k, v in step_fn(*batches).items()}
             step_in_epoch += 1
