@@ -351,3 +351,10 @@ def test_a_value_out_of_range_in_a_file_names_the_file(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("search:\n  macro:\n    cells: 0\n")
     assert error(path, []) == f"{path}: search.macro.cells: must be >= 1, got 0"
+
+
+def test_primitives_and_export_version_are_checked():
+    assert "without repetitions" in error(None, ["search.darts.primitives=[sep_conv_3x3,sep_conv_3x3]"])
+    assert "other than 'none'" in error(None, ["search.darts.primitives=[none]"])
+    assert "other than 'none'" in error(None, ["search.darts.primitives=[]"])
+    assert error(None, ["export.version=0"]) == "export.version: must be >= 1, got 0"

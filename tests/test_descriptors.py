@@ -93,3 +93,16 @@ def test_genotype_round_trip_and_expansion():
     assert genotypes.lookup("darts-v2") is genotypes.PUBLISHED["DARTS_V2"]
     with pytest.raises(ValueError, match="not a finalised"):
         genotypes.from_desc(darts.build_supernet(small_desc(), ["skip_connect"]))
+
+
+def test_expansion_keeps_any_number_of_edges_per_node():
+    desc = small_desc()
+    for cell in desc.cells:  # a third edge into the last node of every cell
+        last = len(cell.nodes) - 1
+        cell.nodes[last].edges.add(op=macro.make_op(cell, last, 2, "skip_connect", suffix=".2"), inputs=[2])
+    descriptors.validate(desc)
+    big = genotypes.expand(desc, config_pb2.MacroConfig(channels=16, cells=6, stem_multiplier=3))
+    descriptors.validate(big)
+    assert [len(n.edges) for n in big.cells[0].nodes] == [2, 2, 2, 3]
+    assert [list(e.inputs) for e in big.cells[0].nodes[3].edges] == [list(e.inputs) for e in desc.cells[0].nodes[3].edges]
+    assert big.cells[2].nodes[0].edges[0].op.stride == 2  # a reduction cell's edge from an input

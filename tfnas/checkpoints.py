@@ -37,8 +37,12 @@ def named_variables(model) -> tf.Module:
     out. Keying by path saves all of them, and the names come from descriptor ids, so weights can be
     restored into a model compiled from another descriptor that shares those ops (PetriDish).
     """
+    by_path = {}
+    for v in model.variables:
+        if by_path.setdefault(v.path, v) is not v:
+            raise ValueError(f"two variables share the path {v.path!r}, so a checkpoint would drop one")
     holder = tf.Module(name="variables")
-    holder.by_path = {v.path: v for v in model.variables}
+    holder.by_path = by_path
     return holder
 
 

@@ -49,6 +49,9 @@ def _friendly(fn):
             return fn(*args, **kwargs)
         except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
             raise
+        except KeyboardInterrupt:
+            click.echo("interrupted: run the same command again to resume from the last checkpoint", err=True)
+            sys.exit(130)
         except Exception as err:  # noqa: BLE001 - this is the one place that reports errors
             if os.environ.get("TFNAS_DEBUG"):
                 raise

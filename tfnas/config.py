@@ -318,6 +318,11 @@ def validate(config: config_pb2.ExperimentConfig, known_ops: Sequence[str] | Non
         if op not in known:
             raise ConfigError(f"search.darts.primitives: unknown operation '{op}'{_suggest(op, known)} "
                               f"(known: {', '.join(known)})")
+    duplicates = sorted({op for op in darts.primitives if list(darts.primitives).count(op) > 1})
+    check(not duplicates, "search.darts.primitives", "without repetitions", duplicates)
+    check(any(op != "none" for op in darts.primitives), "search.darts.primitives",
+          "a list with at least one operation other than 'none'", list(darts.primitives))
+    check(config.export.version >= 1, "export.version", ">= 1", config.export.version)
 
 
 def _tidy(data: dict[str, Any], desc: descriptor.Descriptor) -> dict[str, Any]:

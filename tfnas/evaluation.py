@@ -58,13 +58,10 @@ def evaluation_desc(arch: str | pb.ModelDesc, macro: config_pb2.MacroConfig, ima
                                 f"({', '.join(sorted(genotypes.PUBLISHED))})")
             if architectures.is_search_desc(final):
                 raise UserError(f"{arch}: a search descriptor with mixed edges; evaluate its final_desc.pbtxt")
-            genotype = genotypes.from_desc(final)
-            source = final.source or arch
-        else:
-            source = arch.upper()
-    else:
-        genotype, source = genotypes.from_desc(arch), arch.source
-    return genotypes.to_desc(genotype, macro, list(image_shape), num_classes, source=source)
+            final.source = final.source or arch
+            return genotypes.expand(final, macro, list(image_shape), num_classes)
+        return genotypes.to_desc(genotype, macro, list(image_shape), num_classes, source=arch.upper())
+    return genotypes.expand(arch, macro, list(image_shape), num_classes)
 
 
 class EvalTrainer(keras.Model):
@@ -162,7 +159,7 @@ def evaluate(config: config_pb2.ExperimentConfig, arch: str | pb.ModelDesc, out_
                         "use a new --out directory")
     metrics_path = out / METRICS
     ckpt_done = out / "checkpoints" / checkpoints.EVAL / "done"
-    if ckpt_done.exists() and metrics_path.exists() and has_weights(out):
+    if ckpt_done.exists() and has_weights(out) and metrics_path.exists() and "final" in json.loads(metrics_path.read_text()):
         return json.loads(metrics_path.read_text())["final"]
     seed_everything(config)
     mean, std = data_lib.normalization(dataset, config.data)
@@ -198,10 +195,10 @@ def evaluate(config: config_pb2.ExperimentConfig, arch: str | pb.ModelDesc, out_
                     stop_after_steps=stop_after_steps)
     if not loop_ckpt.done:
         return None
-    write_weights(net, out)
     acc, loss = test_accuracy(monitor.logits_of, *dataset.test, e.trainer.batch_size)
     final = {"test_accuracy": acc, "test_loss": loss, "params": compiler.count_params(net, include_aux=False),
              "params_with_aux": compiler.count_params(net), "epochs": e.trainer.epochs,
              "train_accuracy": logs.get("accuracy")}
     write_atomic(metrics_path, json.dumps({"final": final, "history": monitor.history}, indent=1).encode())
+    write_weights(net, out)  # its marker last: present only once everything before it is written
     return final

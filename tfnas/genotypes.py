@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import NamedTuple, Sequence
 
 from tfnas import macro as macro_lib
+from tfnas.descriptors import DescriptorError, concat_states
 from tfnas.proto import config_pb2
 from tfnas.proto import descriptors_pb2 as pb
 
@@ -62,7 +63,7 @@ def _cell_pairs(cell: pb.CellDesc) -> list[tuple[str, int]]:
     for ni, node in enumerate(cell.nodes):
         for ei, edge in enumerate(node.edges):
             if edge.op.name == "mixed" or len(edge.inputs) != 1:
-                raise ValueError(f"cell {cell.id}, node {ni}, edge {ei}: not a finalised single-input edge"
+                raise DescriptorError(f"cell {cell.id}, node {ni}, edge {ei}: not a finalised single-input edge"
                                  f" ({edge.op.name}); a genotype holds only plain operations")
             pairs.append((edge.op.name, edge.inputs[0]))
     return pairs
@@ -73,9 +74,8 @@ def from_desc(desc: pb.ModelDesc) -> Genotype:
     normal = next((c for c in desc.cells if c.cell_type == pb.NORMAL), None)
     reduce = next((c for c in desc.cells if c.cell_type == pb.REDUCTION), None)
     if normal is None:
-        raise ValueError("the descriptor has no normal cell")
+        raise DescriptorError("the descriptor has no normal cell")
     reduce = reduce or normal
-    from tfnas.descriptors import concat_states
     return Genotype(_cell_pairs(normal), concat_states(normal), _cell_pairs(reduce), concat_states(reduce))
 
 
@@ -84,7 +84,7 @@ def fill_cell(cell: pb.CellDesc, pairs: Sequence[tuple[str, int]], concat: Seque
     """Replaces the cell's nodes by the genotype's: consecutive pairs belong to one node."""
     per_node = edges_per_node or 2
     if len(pairs) % per_node:
-        raise ValueError(f"{len(pairs)} (op, input) pairs cannot be split into nodes of {per_node} edges")
+        raise DescriptorError(f"{len(pairs)} (op, input) pairs cannot be split into nodes of {per_node} edges")
     del cell.nodes[:]
     for n in range(len(pairs) // per_node):
         node = cell.nodes.add(id=f"{cell.id}.n{n}")
@@ -111,10 +111,30 @@ def to_desc(genotype: Genotype, macro: config_pb2.MacroConfig, input_shape: Sequ
 
 def expand(final: pb.ModelDesc, macro: config_pb2.MacroConfig, input_shape: Sequence[int] | None = None,
            num_classes: int | None = None) -> pb.ModelDesc:
-    """A finalised (searched) descriptor re-laid out at another depth and width: its first normal and
-    reduction cells are copied into every cell of the new macro structure."""
-    return to_desc(from_desc(final), macro, input_shape or list(final.input_shape),
-                   num_classes or final.num_classes, source=final.source)
+    """A finalised (searched) descriptor re-laid out at another depth and width: the nodes of its first
+    normal and first reduction cell (any number of edges per node) are copied into every cell of the new
+    macro structure, with ids, channels and strides of their new place."""
+    template = {t: next((c for c in final.cells if c.cell_type == t), None) for t in (pb.NORMAL, pb.REDUCTION)}
+    if template[pb.NORMAL] is None:
+        raise DescriptorError("the descriptor has no normal cell")
+    template[pb.REDUCTION] = template[pb.REDUCTION] or template[pb.NORMAL]
+    macro = config_pb2.MacroConfig.FromString(macro.SerializeToString())
+    macro.nodes = len(template[pb.NORMAL].nodes)
+    desc = macro_lib.build_macro(macro, input_shape or list(final.input_shape), num_classes or final.num_classes)
+    for cell in desc.cells:
+        source = template[cell.cell_type]
+        if any(e.op.name == "mixed" for n in source.nodes for e in n.edges):
+            raise DescriptorError(f"cell {source.id}: has mixed edges; expand a finalised descriptor")
+        del cell.nodes[:]
+        for n, node in enumerate(source.nodes):
+            new = cell.nodes.add(id=f"{cell.id}.n{n}")
+            for k, edge in enumerate(node.edges):
+                op = macro_lib.make_op(cell, n, edge.inputs[0], edge.op.name, suffix=f".{k}")
+                new.edges.add(op=op, inputs=list(edge.inputs))
+        del cell.concat[:]
+        cell.concat.extend(concat_states(source))
+    desc.source = final.source
+    return macro_lib.rewire(desc)
 
 
 def format_genotype(g: Genotype) -> str:

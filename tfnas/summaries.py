@@ -15,6 +15,7 @@ import tensorflow as tf
 from PIL import Image, ImageDraw
 
 from tfnas import draw
+from tfnas.descriptors import write_atomic
 from tfnas.search import darts
 from tfnas.train.loop import EpochCallback
 
@@ -84,4 +85,4 @@ class SearchMonitor(EpochCallback):
         path = self.run_dir / "alpha_history.jsonl"
         lines = path.read_text().splitlines() if path.exists() else []
         kept = [line for line in lines if json.loads(line)["epoch"] < record["epoch"]]
-        path.write_text("".join(line + "\n" for line in kept + [json.dumps(record)]))
+        write_atomic(path, "".join(line + "\n" for line in kept + [json.dumps(record)]).encode())

@@ -2,8 +2,8 @@
 
 PyTorch's `weight_decay` is an L2 term added to the gradient (coupled) after gradient clipping; Keras's
 is decoupled. To keep DARTS's arithmetic, decay and clipping are applied here, by `prepare_gradients`,
-and the Keras optimisers run without their own weight decay. Schedules step once per epoch, like
-`CosineAnnealingLR.step()` at each epoch end in the reference code.
+and the Keras optimisers run without their own weight decay. Schedules change once per epoch, as
+`CosineAnnealingLR.step()` does at the start of each epoch in the reference code (PyTorch 0.3.1).
 """
 from __future__ import annotations
 
@@ -28,6 +28,9 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
     def __call__(self, step):
         if not self.cosine:
             return tf.constant(self.initial, tf.float32)
+        # The DARTS code calls scheduler.step() at the start of each epoch under PyTorch 0.3.1, whose
+        # scheduler starts at last_epoch = -1: epoch e trains with the rate of step e (the first epoch at
+        # the full rate). Newer PyTorch would shift this by one epoch.
         epoch = tf.cast(step // self.steps_per_epoch, tf.float32)
         cos = 0.5 * (1.0 + tf.cos(math.pi * tf.minimum(epoch, self.epochs) / self.epochs))
         return self.minimum + (self.initial - self.minimum) * cos
