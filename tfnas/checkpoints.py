@@ -46,6 +46,13 @@ def named_variables(model) -> tf.Module:
     return holder
 
 
+def metric_variables(trackers: dict) -> tf.Module:
+    """The running totals of a step's metric trackers, so that epoch averages survive a resume."""
+    holder = tf.Module(name="metrics")
+    holder.by_name = {f"{name}/{i}": v for name, m in trackers.items() for i, v in enumerate(m.variables)}
+    return holder
+
+
 def save_weights(model, prefix: str | os.PathLike) -> str:
     """Writes all of the model's variables (name-keyed checkpoint); returns the checkpoint path."""
     return tf.train.Checkpoint(model=named_variables(model)).write(str(prefix))

@@ -187,7 +187,7 @@ def evaluate(config: config_pb2.ExperimentConfig, arch: str | pb.ModelDesc, out_
 
     # The drop-path seed generator's state is one of the net's variables, so it is saved with it.
     loop_ckpt = checkpoints.LoopCheckpoint(out, checkpoints.EVAL, net=checkpoints.named_variables(net),
-                                           optimizer=opt)
+                                           optimizer=opt, metrics=checkpoints.metric_variables(trainer.trackers))
     monitor = EvalMonitor(out, net, dataset.test, mean, std, e.trainer.batch_size)
     logs = run_loop(step, [stream], e.trainer.epochs, steps, loop_ckpt, trainer.reset_trackers,
                     callbacks=[monitor], on_epoch_begin=on_epoch_begin,

@@ -97,7 +97,8 @@ def search(config: config_pb2.ExperimentConfig, out_dir: str | pathlib.Path, ver
         return searcher.train_step(((prep(x_train), y_train), (prep(x_val), y_val)))
 
     loop_ckpt = checkpoints.LoopCheckpoint(out, checkpoints.SEARCH, net=checkpoints.named_variables(net),
-                                           weight_opt=weight_opt, alpha_opt=alpha_opt)
+                                           weight_opt=weight_opt, alpha_opt=alpha_opt,
+                                           metrics=checkpoints.metric_variables(searcher.trackers))
     monitor = SearchMonitor(out, net, supernet, s.darts.edges_per_node)
     logs = run_loop(lambda *b: step(*b), [train_stream, val_stream], s.trainer.epochs, steps, loop_ckpt,
                     searcher.reset_trackers, callbacks=[monitor],
