@@ -118,8 +118,8 @@ def test_multiply_adds_follow_each_state_resolution():
     """In a reduction cell, edges from the inputs run at the input size and edges between nodes at half."""
     m = config_pb2.MacroConfig(channels=4, cells=1, nodes=2, stem_multiplier=1, reduction_cells=[0])
     desc = macro.build_macro(m, [8, 8, 3], 10)
-    genotypes.fill_cell(desc.cells[0], [("skip_connect", 1), ("skip_connect", 0),
-                                        ("sep_conv_3x3", 2), ("skip_connect", 0)], [2, 3])
+    genotypes.fill_cell(desc.cells[0], [[("skip_connect", 1), ("skip_connect", 0)],
+                                        [("sep_conv_3x3", 2), ("skip_connect", 0)]], [2, 3])
     model = compiler.compile_model(macro.rewire(desc), compiler.EVAL_OPTIONS)
     c = 8  # reduction doubles the channels
     stem = 8 * 8 * 9 * 3 * 4

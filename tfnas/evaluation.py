@@ -159,8 +159,10 @@ def evaluate(config: config_pb2.ExperimentConfig, arch: str | pb.ModelDesc, out_
                         "use a new --out directory")
     metrics_path = out / METRICS
     ckpt_done = out / "checkpoints" / checkpoints.EVAL / "done"
-    if ckpt_done.exists() and has_weights(out) and metrics_path.exists() and "final" in json.loads(metrics_path.read_text()):
-        return json.loads(metrics_path.read_text())["final"]
+    if ckpt_done.exists() and has_weights(out) and metrics_path.exists():
+        finished = json.loads(metrics_path.read_text()).get("final")
+        if finished is not None:
+            return finished
     seed_everything(config)
     mean, std = data_lib.normalization(dataset, config.data)
     descriptors.save(desc, out / MODEL_DESC)

@@ -58,83 +58,86 @@ def lookup(name: str) -> Genotype | None:
     return PUBLISHED.get(key)
 
 
-def _cell_pairs(cell: pb.CellDesc) -> list[tuple[str, int]]:
-    pairs = []
+Nodes = list[list[tuple[str, int]]]  # per node, its (operation, input state) pairs
+
+
+def _cell_nodes(cell: pb.CellDesc) -> Nodes:
+    """A finalised cell's edges as (op, input) pairs per node; mixed or multi-input edges are refused."""
+    nodes = []
     for ni, node in enumerate(cell.nodes):
+        pairs = []
         for ei, edge in enumerate(node.edges):
             if edge.op.name == "mixed" or len(edge.inputs) != 1:
                 raise DescriptorError(f"cell {cell.id}, node {ni}, edge {ei}: not a finalised single-input edge"
-                                 f" ({edge.op.name}); a genotype holds only plain operations")
+                                      f" ({edge.op.name}); a genotype holds only plain operations")
             pairs.append((edge.op.name, edge.inputs[0]))
-    return pairs
+        nodes.append(pairs)
+    return nodes
 
 
-def from_desc(desc: pb.ModelDesc) -> Genotype:
-    """The genotype of a finalised descriptor: its first normal and first reduction cell."""
+def _templates(desc: pb.ModelDesc) -> tuple[pb.CellDesc, pb.CellDesc]:
+    """The first normal and first reduction cell (the normal one again if there is no reduction)."""
     normal = next((c for c in desc.cells if c.cell_type == pb.NORMAL), None)
     reduce = next((c for c in desc.cells if c.cell_type == pb.REDUCTION), None)
     if normal is None:
         raise DescriptorError("the descriptor has no normal cell")
-    reduce = reduce or normal
-    return Genotype(_cell_pairs(normal), concat_states(normal), _cell_pairs(reduce), concat_states(reduce))
+    return normal, reduce or normal
 
 
-def fill_cell(cell: pb.CellDesc, pairs: Sequence[tuple[str, int]], concat: Sequence[int],
-              edges_per_node: int | None = None) -> None:
-    """Replaces the cell's nodes by the genotype's: consecutive pairs belong to one node."""
-    per_node = edges_per_node or 2
+def from_desc(desc: pb.ModelDesc) -> Genotype:
+    """The genotype of a finalised descriptor: its first normal and first reduction cell."""
+    normal, reduce = _templates(desc)
+    flat = lambda cell: [pair for node in _cell_nodes(cell) for pair in node]  # noqa: E731
+    return Genotype(flat(normal), concat_states(normal), flat(reduce), concat_states(reduce))
+
+
+def by_node(pairs: Sequence[tuple[str, int]], per_node: int = 2) -> Nodes:
+    """DARTS genotypes list their pairs flat, `per_node` consecutive pairs to a node."""
     if len(pairs) % per_node:
         raise DescriptorError(f"{len(pairs)} (op, input) pairs cannot be split into nodes of {per_node} edges")
+    return [list(pairs[i:i + per_node]) for i in range(0, len(pairs), per_node)]
+
+
+def fill_cell(cell: pb.CellDesc, nodes: Nodes, concat: Sequence[int]) -> None:
+    """Replaces the cell's nodes, with ids, channels and strides of this cell."""
     del cell.nodes[:]
-    for n in range(len(pairs) // per_node):
+    for n, pairs in enumerate(nodes):
         node = cell.nodes.add(id=f"{cell.id}.n{n}")
-        for k, (op, state) in enumerate(pairs[n * per_node:(n + 1) * per_node]):
+        for k, (op, state) in enumerate(pairs):
             node.edges.add(op=macro_lib.make_op(cell, n, state, op, suffix=f".{k}"), inputs=[state])
     del cell.concat[:]
     cell.concat.extend(concat)
 
 
+def _lay_out(cells: dict, macro: config_pb2.MacroConfig, input_shape: Sequence[int], num_classes: int,
+             source: str) -> pb.ModelDesc:
+    """The macro structure with every cell filled from `cells`: {cell type: (nodes, concat)}."""
+    macro = config_pb2.MacroConfig.FromString(macro.SerializeToString())
+    macro.nodes = len(cells[pb.NORMAL][0])
+    desc = macro_lib.build_macro(macro, input_shape, num_classes)
+    for cell in desc.cells:
+        fill_cell(cell, *cells[cell.cell_type])
+    desc.source = source
+    return macro_lib.rewire(desc)
+
+
 def to_desc(genotype: Genotype, macro: config_pb2.MacroConfig, input_shape: Sequence[int],
             num_classes: int, source: str = "") -> pb.ModelDesc:
     """Expands a cell pair into a network of any depth and width (the evaluation network)."""
-    macro = config_pb2.MacroConfig().__class__.FromString(macro.SerializeToString())
-    macro.nodes = len(genotype.normal) // 2
-    desc = macro_lib.build_macro(macro, input_shape, num_classes)
-    for cell in desc.cells:
-        if cell.cell_type == pb.REDUCTION:
-            fill_cell(cell, genotype.reduce, genotype.reduce_concat)
-        else:
-            fill_cell(cell, genotype.normal, genotype.normal_concat)
-    desc.source = source
-    return macro_lib.rewire(desc)
+    cells = {pb.NORMAL: (by_node(genotype.normal), genotype.normal_concat),
+             pb.REDUCTION: (by_node(genotype.reduce), genotype.reduce_concat)}
+    return _lay_out(cells, macro, input_shape, num_classes, source)
 
 
 def expand(final: pb.ModelDesc, macro: config_pb2.MacroConfig, input_shape: Sequence[int] | None = None,
            num_classes: int | None = None) -> pb.ModelDesc:
     """A finalised (searched) descriptor re-laid out at another depth and width: the nodes of its first
-    normal and first reduction cell (any number of edges per node) are copied into every cell of the new
-    macro structure, with ids, channels and strides of their new place."""
-    template = {t: next((c for c in final.cells if c.cell_type == t), None) for t in (pb.NORMAL, pb.REDUCTION)}
-    if template[pb.NORMAL] is None:
-        raise DescriptorError("the descriptor has no normal cell")
-    template[pb.REDUCTION] = template[pb.REDUCTION] or template[pb.NORMAL]
-    macro = config_pb2.MacroConfig.FromString(macro.SerializeToString())
-    macro.nodes = len(template[pb.NORMAL].nodes)
-    desc = macro_lib.build_macro(macro, input_shape or list(final.input_shape), num_classes or final.num_classes)
-    for cell in desc.cells:
-        source = template[cell.cell_type]
-        if any(e.op.name == "mixed" for n in source.nodes for e in n.edges):
-            raise DescriptorError(f"cell {source.id}: has mixed edges; expand a finalised descriptor")
-        del cell.nodes[:]
-        for n, node in enumerate(source.nodes):
-            new = cell.nodes.add(id=f"{cell.id}.n{n}")
-            for k, edge in enumerate(node.edges):
-                op = macro_lib.make_op(cell, n, edge.inputs[0], edge.op.name, suffix=f".{k}")
-                new.edges.add(op=op, inputs=list(edge.inputs))
-        del cell.concat[:]
-        cell.concat.extend(concat_states(source))
-    desc.source = final.source
-    return macro_lib.rewire(desc)
+    normal and first reduction cell (any number of edges per node) are copied into every cell."""
+    normal, reduce = _templates(final)
+    cells = {pb.NORMAL: (_cell_nodes(normal), concat_states(normal)),
+             pb.REDUCTION: (_cell_nodes(reduce), concat_states(reduce))}
+    return _lay_out(cells, macro, input_shape or list(final.input_shape), num_classes or final.num_classes,
+                    final.source)
 
 
 def format_genotype(g: Genotype) -> str:
