@@ -4,6 +4,7 @@ import tensorflow as tf
 
 from tfnas import architectures, compiler, genotypes, macro, ops
 from tfnas.proto import config_pb2
+from tfnas.proto import descriptors_pb2 as pb
 from tfnas.search import darts
 
 
@@ -86,6 +87,61 @@ def test_supernet_edges_and_shared_alphas():
     assert values.shape == (14 * 8,) and 0 < np.abs(values).max() < 1e-2
     model = compiler.compile_model(desc)
     assert model(tf.random.normal([2, 8, 8, 1]), training=True).shape == (2, 10)
+
+
+def per_edge_twin(grouped):
+    """The same supernet compiled edge by edge, holding exactly the grouped network's weights."""
+    options = pb.CompilerOptions()
+    options.CopyFrom(compiler.SEARCH_OPTIONS)
+    options.group_mixed_edges = False
+    twin = compiler.compile_model(grouped.desc, options)
+    by_path = {v.path: v for v in twin.variables}
+    for v in grouped.variables:  # stem, preprocessing, head, alphas: same paths
+        if v.path in by_path:
+            by_path[v.path].assign(v)
+    for gc, tc in zip(grouped.cells, twin.cells):
+        assert all(not edges for edges in gc.edges)  # every supernet edge is in a group
+        for state, groups in gc.groups.items():
+            for layer, _, targets in groups:
+                edges = [e for node, _ in targets for inputs, e, _ in tc.edges[node] if inputs == [state]]
+                assert len(edges) == layer.copies == len(targets)
+                for e, edge in enumerate(edges):
+                    for (_, gl, gbn), (_, el, ebn) in zip(layer.branches, edge.branches):
+                        assert gl.desc.name == el.desc.name
+                        for gv, ev in zip(gl.weights, el.weights):
+                            axis = 2 if len(gv.shape) == 4 and gv.shape[3] == 1 else len(gv.shape) - 1
+                            ev.assign(tf.split(gv, gl.out_copies, axis=axis)[e if gl.out_copies > 1 else 0])
+                        if gbn is not None:  # the pools' shared statistics
+                            ebn.moving_mean.assign(gbn.moving_mean)
+                            ebn.moving_var.assign(gbn.moving_var)
+    return twin
+
+
+def test_grouped_mixed_edges_compute_the_per_edge_supernet():
+    """Grouping the mixed edges by input state changes the graph, not the mathematics: same parameters,
+    multiply-adds, logits, alpha and weight gradients, and moving statistics."""
+    m = config_pb2.MacroConfig(channels=4, cells=3, nodes=3, stem_multiplier=3)
+    desc = darts.build_supernet(macro.build_macro(m, [8, 8, 3], 5), ops.DARTS_PRIMITIVES, seed=3)
+    grouped = compiler.compile_model(desc)
+    twin = per_edge_twin(grouped)
+    assert compiler.count_params(grouped) == compiler.count_params(twin) == 47_225
+    assert compiler.multiply_adds(grouped) == compiler.multiply_adds(twin)
+    # 3 cells x 3 nodes: 9 mixed edges per cell in 4 groups (one per state that feeds a later node).
+    assert [len(c.groups) for c in grouped.cells] == [4, 4, 4]
+    assert len(grouped.trainable_variables) < len(twin.trainable_variables) / 2
+    x, y = tf.random.normal([4, 8, 8, 3]), tf.constant([0, 1, 2, 3])
+
+    def grads(net):
+        with tf.GradientTape() as tape:
+            logits = net(x, training=True)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+        return logits, tape.gradient(loss, net.alphas + [net.stem.w, net.cells[1].pre0.w])
+
+    (lg, gg), (lt, gt) = grads(grouped), grads(twin)
+    np.testing.assert_allclose(lg, lt, atol=1e-6)
+    for a, b in zip(gg, gt):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(grouped(x), twin(x), atol=1e-6)  # moving statistics moved alike
 
 
 def test_compiling_the_search_network_is_fast():

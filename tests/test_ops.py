@@ -87,11 +87,65 @@ def test_mixed_op_weights_candidates_and_adds_pool_bn():
         desc.candidates.add(name=n, id=f"m.{n}", stride=1, in_channels=C, out_channels=C)
     mixed = ops.create(desc, SEARCH_OPTIONS)
     x = tf.random.normal([4, 5, 5, C])
-    w = [tf.constant(0.2), tf.constant(0.3), tf.constant(0.5)]
-    y = mixed(x, weights=w, training=False)
+    y, = mixed(x, weights=tf.constant([[0.2, 0.3, 0.5]]), training=False)
     pooled = tf.nn.max_pool2d(x, 3, 1, "SAME") / np.sqrt(1 + 1e-5)  # non-affine BN, initial statistics
     np.testing.assert_allclose(y, 0.3 * pooled + 0.5 * x, atol=1e-5)
     assert len(mixed.trainable_variables) == 0 and len(mixed.non_trainable_variables) == 2
+
+
+def split_copies(batched, k):
+    """The weights of copy e of an op built with copies=k: each variable's copy axis split k ways."""
+    out = [[] for _ in range(k)]
+    for v in batched.weights:
+        axis = 2 if len(v.shape) == 4 and v.shape[3] == 1 else len(v.shape) - 1  # depthwise: input axis
+        for e, part in enumerate(tf.split(v, k, axis=axis)):
+            out[e].append(part)
+    return out
+
+
+@pytest.mark.parametrize("name,stride", [("sep_conv_3x3", 1), ("sep_conv_5x5", 2), ("dil_conv_3x3", 1),
+                                         ("dil_conv_5x5", 2), ("skip_connect", 2), ("max_pool_3x3", 2),
+                                         ("skip_connect", 1)])
+def test_copies_equal_independent_ops(name, stride):
+    """k copies side by side compute exactly what k separate ops with those weights compute, gradients too."""
+    k = 3
+    desc = pb.OpDesc(name=name, id="t.b", stride=stride, in_channels=C, out_channels=C)
+    batched = ops.create(desc, SEARCH_OPTIONS, copies=k)
+    singles = [ops.create(pb.OpDesc(name=name, id=f"t.s{e}", stride=stride, in_channels=C, out_channels=C),
+                          SEARCH_OPTIONS) for e in range(k)]
+    for single, parts in zip(singles, split_copies(batched, k)):
+        for v, part in zip(single.weights, parts):
+            v.assign(part)
+    x = tf.random.normal([4, 7, 8, C])
+    shared = batched.out_copies == 1  # weightless: one output stands for every copy
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        y = batched(x, training=True)
+        ys = [s(x, training=True) for s in singles[:1 if shared else k]]
+        loss_b = tf.reduce_sum(tf.sin(y))
+        loss_s = tf.add_n([tf.reduce_sum(tf.sin(t)) for t in ys])
+    assert y.shape[-1] == (C if shared else k * C)
+    np.testing.assert_allclose(y, tf.concat(ys, -1), atol=1e-5)
+    if batched.trainable_variables:
+        grads = split_copies_grads(tape.gradient(loss_b, batched.trainable_variables), batched, k)
+        for single, g in zip(singles, grads):
+            for a, b in zip(tape.gradient(loss_s, single.trainable_variables), g):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(tape.gradient(loss_b, x), tape.gradient(loss_s, x), atol=1e-4)
+
+
+def split_copies_grads(grads, batched, k):
+    out = [[] for _ in range(k)]
+    for v, g in zip(batched.trainable_variables, grads):
+        axis = 2 if len(v.shape) == 4 and v.shape[3] == 1 else len(v.shape) - 1
+        for e, part in enumerate(tf.split(g, k, axis=axis)):
+            out[e].append(part)
+    return out
+
+
+def test_ops_without_copies_refuse_them():
+    with pytest.raises(ValueError, match="cannot be built as 2 copies"):
+        ops.create(pb.OpDesc(name="relu_conv_bn", id="t.r", in_channels=C, out_channels=C), SEARCH_OPTIONS, copies=2)
 
 
 def test_batchnorm_updates_moving_statistics_only_in_training():

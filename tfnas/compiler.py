@@ -15,7 +15,7 @@ from tfnas import ops
 from tfnas.descriptors import concat_states, validate
 from tfnas.proto import descriptors_pb2 as pb
 
-SEARCH_OPTIONS = pb.CompilerOptions(aux_towers=False, drop_path=False, affine=False)
+SEARCH_OPTIONS = pb.CompilerOptions(aux_towers=False, drop_path=False, affine=False, group_mixed_edges=True)
 EVAL_OPTIONS = pb.CompilerOptions(aux_towers=True, drop_path=True, affine=True)
 
 
@@ -27,7 +27,13 @@ def drop_path(x, rate, seed_generator):
 
 
 class Cell(keras.layers.Layer):
-    """One cell: preprocess s0 and s1, each node sums its edges, the output concatenates `concat`."""
+    """One cell: preprocess s0 and s1, each node sums its edges, the output concatenates `concat`.
+
+    With `options.group_mixed_edges`, the mixed edges are computed per input state rather than per edge:
+    all mixed edges reading state s (same alpha group, candidates, channels and stride) form one
+    `MixedOp(copies=k)`, run as soon as s exists; its k outputs go to the nodes the edges feed. Other
+    edges are computed per edge, in their node, in edge order.
+    """
 
     def __init__(self, desc: pb.CellDesc, options: pb.CompilerOptions, **kw):
         super().__init__(name=desc.id or None, **kw)
@@ -36,33 +42,97 @@ class Cell(keras.layers.Layer):
         self.pre0 = ops.create(desc.s0_op, options)
         self.pre1 = ops.create(desc.s1_op, options)
         self.edges = []  # per node: list of (input states, layer, apply drop path)
+        self.groups = {}  # input state -> list of (MixedOp with copies, alpha group, [(node, alpha row)])
         self._edge_layers = []
-        for node in desc.nodes:
+        members = {}  # grouping key -> [(node, edge)]
+        for n, node in enumerate(desc.nodes):
             node_edges = []
             for edge in node.edges:
+                if options.group_mixed_edges and edge.op.name == "mixed" and len(edge.inputs) == 1:
+                    members.setdefault(_group_key(edge), []).append((n, edge))
+                    continue
                 layer = ops.create(edge.op, options)
                 identity = getattr(layer, "is_identity", False)
                 node_edges.append((list(edge.inputs), layer, options.drop_path and not identity))
                 self._edge_layers.append(layer)
             self.edges.append(node_edges)
+        for key, group in members.items():
+            state = key[0]
+            layer = ops.create(_group_desc(desc, state, len(self.groups.get(state, [])), group[0][1].op), options,
+                               copies=len(group))
+            targets = [(n, edge.op.alpha_index) for n, edge in group]
+            self.groups.setdefault(state, []).append((layer, group[0][1].op.alpha_group, targets))
+            self._edge_layers.append(layer)
         self.concat = concat_states(desc)
         self.built = True
 
     def call(self, s0, s1, edge_weights=None, drop_rate=None, seed_generator=None, training=False):
         states = [self.pre0(s0, training=training), self.pre1(s1, training=training)]
-        for node_edges in self.edges:
-            total = None
+        pending = [[] for _ in self.edges]  # per node, its edges' outputs so far
+
+        def contribute(node, y, use_drop_path):
+            if use_drop_path and training:
+                y = drop_path(y, drop_rate, seed_generator)
+            pending[node].append(y)
+
+        def run_groups(state):  # every mixed edge reading `state`, as soon as it exists
+            for layer, group, targets in self.groups.get(state, ()):
+                rows = tf.gather(edge_weights[group], [row for _, row in targets])
+                for (node, _), y in zip(targets, layer(states[state], weights=rows, training=training)):
+                    contribute(node, y, self.options.drop_path)
+
+        run_groups(0)
+        run_groups(1)
+        for n, node_edges in enumerate(self.edges):
             for inputs, layer, use_drop_path in node_edges:
                 if layer.desc.name == "mixed":
-                    rows = edge_weights[layer.desc.alpha_group]
-                    y = layer(states[inputs[0]], weights=rows[layer.desc.alpha_index], training=training)
+                    row = edge_weights[layer.desc.alpha_group][layer.desc.alpha_index]
+                    y = layer(states[inputs[0]], weights=row, training=training)[0]
                 else:
                     y = layer(*[states[i] for i in inputs], training=training)
-                if use_drop_path and training:
-                    y = drop_path(y, drop_rate, seed_generator)
-                total = y if total is None else total + y
-            states.append(total)
+                contribute(n, y, use_drop_path)
+            states.append(tf.add_n(pending[n]) if len(pending[n]) > 1 else pending[n][0])
+            run_groups(len(states) - 1)
         return tf.concat([states[i] for i in self.concat], axis=-1)
+
+    def macs(self, h: int, w: int) -> tuple[int, tuple[int, int]]:
+        """Multiply-adds of the cell's edges for one example whose preprocessed inputs are h x w, and the
+        output resolution. Every node is at the resolution its edges produce (stride 2 in a reduction
+        cell for the edges reading the inputs)."""
+        state_hw = [(h, w), (h, w)]
+        total = 0
+        for n, node_edges in enumerate(self.edges):
+            node_hw = None
+            for inputs, layer, _ in node_edges:
+                total += layer.macs(*state_hw[inputs[0]])
+                node_hw = layer.out_size(*state_hw[inputs[0]])
+            for state, group in self.groups.items():
+                for layer, _, targets in group:
+                    if state < len(state_hw) and any(node == n for node, _ in targets):
+                        node_hw = layer.out_size(*state_hw[state])
+            state_hw.append(node_hw or (h, w))
+        for state, group in self.groups.items():
+            total += sum(layer.macs(*state_hw[state]) for layer, _, _ in group)
+        out_hw = state_hw[self.concat[0]] if self.concat else (h, w)
+        return total, out_hw
+
+
+def _group_key(edge: pb.EdgeDesc) -> tuple:
+    """Mixed edges that can share one batched layer: same input, alpha group, candidates and shape."""
+    op = edge.op
+    candidates = tuple((c.name, c.stride, c.in_channels, c.out_channels, c.kernel_size) for c in op.candidates)
+    return (edge.inputs[0], op.alpha_group, op.stride, op.in_channels, op.out_channels, candidates)
+
+
+def _group_desc(cell: pb.CellDesc, state: int, index: int, first: pb.OpDesc) -> pb.OpDesc:
+    """The descriptor of one edge group: the first edge's op, named after the cell and the state it reads
+    (`c3.from2`), its candidates after the group (`c3.from2.sep_conv_3x3`)."""
+    op = pb.OpDesc()
+    op.CopyFrom(first)
+    op.id = f"{cell.id}.from{state}" + (f"_{index}" if index else "")
+    for cand in op.candidates:
+        cand.id = f"{op.id}.{cand.name}"
+    return op
 
 
 class NasModel(keras.Model):
@@ -116,12 +186,8 @@ class NasModel(keras.Model):
         return [v for v in self.trainable_variables if id(v) not in alpha_ids]
 
     def edge_weights(self) -> dict:
-        """softmax(alpha) per group, split into Python lists of scalar tensors once per forward pass."""
-        out = {}
-        for group, alpha in self.alpha_vars.items():
-            rows = tf.unstack(tf.nn.softmax(alpha, axis=-1))
-            out[group] = [tf.unstack(r) for r in rows]
-        return out
+        """softmax(alpha) per group, once per forward pass: the edges read their rows of it."""
+        return {group: tf.nn.softmax(alpha, axis=-1) for group, alpha in self.alpha_vars.items()}
 
     def forward(self, x, training=False):
         s0 = s1 = self.stem(x, training=training)
@@ -157,17 +223,8 @@ def multiply_adds(model: NasModel, include_aux: bool = False) -> int:
     for i, cell in enumerate(model.cells):
         (h0, w0), (h1, w1) = sizes
         total += cell.pre0.macs(h0, w0) + cell.pre1.macs(h1, w1)
-        # Both preprocessed inputs are at s1's resolution; every node is at the cell's output resolution,
-        # which the edges reading the inputs set (stride 2 in a reduction cell).
-        state_hw = [(h1, w1), (h1, w1)]
-        for node_edges in cell.edges:
-            node_hw = None
-            for inputs, layer, _ in node_edges:
-                in_hw = state_hw[inputs[0]]
-                total += layer.macs(*in_hw)
-                node_hw = layer.out_size(*in_hw)
-            state_hw.append(node_hw or (h1, w1))
-        out_hw = state_hw[cell.concat[0]] if cell.concat else (h1, w1)
+        edge_macs, out_hw = cell.macs(h1, w1)  # both preprocessed inputs are at s1's resolution
+        total += edge_macs
         sizes = [sizes[1], out_hw]
         if include_aux:
             total += sum(t.macs(*out_hw) for at, _, t in model.aux if at == i)

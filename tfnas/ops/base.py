@@ -30,15 +30,29 @@ def torch_like_init(fan_in: int):
 
 
 class OpLayer(keras.layers.Layer):
-    """Base of every operation: keeps its descriptor and builds its weights eagerly in __init__."""
+    """Base of every operation: keeps its descriptor and builds its weights eagerly in __init__.
 
-    def __init__(self, desc: pb.OpDesc, options: pb.CompilerOptions, **kwargs):
+    `copies=k` builds k independent instances of the op that read the same input, their weights side by
+    side on the channel axis: the output is [batch, h, w, k * out_channels], copy-major, each copy
+    exactly what a single op with its slice of the weights computes. Grouped search cells use this to
+    run all mixed edges reading one state as one set of wider kernels. Ops whose output does not depend
+    on weights (pools, identity) compute it once and say so with `out_copies == 1`; ops that cannot be
+    batched keep `supports_copies = False`.
+    """
+
+    supports_copies = False
+
+    def __init__(self, desc: pb.OpDesc, options: pb.CompilerOptions, copies: int = 1, **kwargs):
         super().__init__(name=layer_name(desc), **kwargs)
         self.desc = desc
         self.options = options
         self.stride = desc.stride or 1
         if self.stride not in (1, 2):
             raise ValueError(f"operation {desc.id or desc.name}: stride must be 1 or 2, got {self.stride}")
+        if copies < 1 or (copies > 1 and not self.supports_copies):
+            raise ValueError(f"operation {desc.id or desc.name}: {desc.name} cannot be built as {copies} copies")
+        self.copies = copies
+        self.out_copies = copies
 
     def finish_build(self) -> None:
         self.built = True
@@ -50,6 +64,10 @@ class OpLayer(keras.layers.Layer):
     def depthwise_weight(self, name: str, k: int, channels: int):
         # A grouped conv with groups = channels has fan_in k * k in PyTorch.
         return self.add_weight(name=name, shape=(k, k, channels, 1), initializer=torch_like_init(k * k))
+
+    def spread(self, x):
+        """The input once per copy on the channel axis (copy-major), for per-channel kernels."""
+        return x if self.copies == 1 else tf.tile(x, [1, 1, 1, self.copies])
 
     def out_size(self, h: int, w: int) -> tuple[int, int]:
         return -(-h // self.stride), -(-w // self.stride)

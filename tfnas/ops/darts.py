@@ -41,22 +41,28 @@ class ReluConvBN(OpLayer):
 @register("sep_conv_5x5", kernel_size=5)
 @register("sep_conv_7x7", kernel_size=7)
 class SepConv(OpLayer):
-    """Two blocks of ReLU -> depthwise kxk -> pointwise 1x1 -> BN; the first block carries the stride."""
+    """Two blocks of ReLU -> depthwise kxk -> pointwise 1x1 -> BN; the first block carries the stride.
+
+    As k copies: depthwise kernels over the tiled input, 1x1 convs grouped by copy (TF infers the groups
+    from the kernel's input depth), BatchNorms over all copies' channels (statistics stay per channel).
+    """
+
+    supports_copies = True
 
     def __init__(self, desc, options, kernel_size: int, **kw):
         super().__init__(desc, options, **kw)
-        c_in, c_out = desc.in_channels, desc.out_channels or desc.in_channels
+        c_in, c_out, k = desc.in_channels, desc.out_channels or desc.in_channels, self.copies
         self.padding = pad_amount(kernel_size)
-        self.dw1 = self.depthwise_weight("dw1", kernel_size, c_in)
-        self.pw1 = self.conv_weight("pw1", 1, 1, c_in, c_in)
-        self.bn1 = BatchNorm(self, "bn1", c_in, options.affine)
-        self.dw2 = self.depthwise_weight("dw2", kernel_size, c_in)
-        self.pw2 = self.conv_weight("pw2", 1, 1, c_in, c_out)
-        self.bn2 = BatchNorm(self, "bn2", c_out, options.affine)
+        self.dw1 = self.depthwise_weight("dw1", kernel_size, k * c_in)
+        self.pw1 = self.conv_weight("pw1", 1, 1, c_in, k * c_in)
+        self.bn1 = BatchNorm(self, "bn1", k * c_in, options.affine)
+        self.dw2 = self.depthwise_weight("dw2", kernel_size, k * c_in)
+        self.pw2 = self.conv_weight("pw2", 1, 1, c_in, k * c_out)
+        self.bn2 = BatchNorm(self, "bn2", k * c_out, options.affine)
         self.finish_build()
 
     def call(self, x, training=False):
-        x = depthwise(tf.nn.relu(x), self.dw1, self.stride, self.padding)
+        x = depthwise(self.spread(tf.nn.relu(x)), self.dw1, self.stride, self.padding)
         x = self.bn1(tf.nn.conv2d(x, self.pw1, 1, "VALID"), training)
         x = depthwise(tf.nn.relu(x), self.dw2, 1, self.padding)
         return self.bn2(tf.nn.conv2d(x, self.pw2, 1, "VALID"), training)
@@ -72,18 +78,19 @@ class DilConv(OpLayer):
     """ReLU -> depthwise kxk with dilation 2 -> pointwise 1x1 -> BN."""
 
     DILATION = 2
+    supports_copies = True  # as SepConv
 
     def __init__(self, desc, options, kernel_size: int, **kw):
         super().__init__(desc, options, **kw)
-        c_in, c_out = desc.in_channels, desc.out_channels or desc.in_channels
+        c_in, c_out, k = desc.in_channels, desc.out_channels or desc.in_channels, self.copies
         self.padding = pad_amount(kernel_size, self.DILATION)
-        self.dw = self.depthwise_weight("dw", kernel_size, c_in)
-        self.pw = self.conv_weight("pw", 1, 1, c_in, c_out)
-        self.bn = BatchNorm(self, "bn", c_out, options.affine)
+        self.dw = self.depthwise_weight("dw", kernel_size, k * c_in)
+        self.pw = self.conv_weight("pw", 1, 1, c_in, k * c_out)
+        self.bn = BatchNorm(self, "bn", k * c_out, options.affine)
         self.finish_build()
 
     def call(self, x, training=False):
-        x = depthwise(tf.nn.relu(x), self.dw, self.stride, self.padding, self.DILATION)
+        x = depthwise(self.spread(tf.nn.relu(x)), self.dw, self.stride, self.padding, self.DILATION)
         return self.bn(tf.nn.conv2d(x, self.pw, 1, "VALID"), training)
 
     def macs(self, h, w):
@@ -98,18 +105,21 @@ class FactorizedReduce(OpLayer):
 
     On odd sizes the reference code breaks (the shifted path is one pixel smaller); here the shifted input
     is zero-padded at the far edge so both paths give ceil(n / 2), like every other stride-2 op.
+    As k copies, each conv is k times wider and the halves are interleaved back per copy before the BN.
     """
+
+    supports_copies = True
 
     def __init__(self, desc, options, **kw):
         super().__init__(desc, options, **kw)
-        c_out = desc.out_channels
+        c_out, k = desc.out_channels, self.copies
         if c_out % 2:
             raise ValueError(f"operation {desc.id or desc.name}: factorized_reduce needs even out_channels,"
                              f" got {c_out}")
         self.stride = 2
-        self.w1 = self.conv_weight("conv1", 1, 1, desc.in_channels, c_out // 2)
-        self.w2 = self.conv_weight("conv2", 1, 1, desc.in_channels, c_out // 2)
-        self.bn = BatchNorm(self, "bn", c_out, options.affine)
+        self.w1 = self.conv_weight("conv1", 1, 1, desc.in_channels, k * c_out // 2)
+        self.w2 = self.conv_weight("conv2", 1, 1, desc.in_channels, k * c_out // 2)
+        self.bn = BatchNorm(self, "bn", k * c_out, options.affine)
         self.finish_build()
 
     def call(self, x, training=False):
@@ -118,8 +128,12 @@ class FactorizedReduce(OpLayer):
         h, w = x.shape[1], x.shape[2]
         if h % 2 or w % 2:
             shifted = tf.pad(shifted, [[0, 0], [0, h % 2], [0, w % 2], [0, 0]])
-        y = tf.concat([tf.nn.conv2d(x, self.w1, 2, "VALID"), tf.nn.conv2d(shifted, self.w2, 2, "VALID")], -1)
-        return self.bn(y, training)
+        halves = [tf.nn.conv2d(x, self.w1, 2, "VALID"), tf.nn.conv2d(shifted, self.w2, 2, "VALID")]
+        if self.copies == 1:
+            return self.bn(tf.concat(halves, -1), training)
+        oh, ow, k = halves[0].shape[1], halves[0].shape[2], self.copies
+        y = tf.concat([tf.reshape(half, [-1, oh, ow, k, half.shape[-1] // k]) for half in halves], -1)
+        return self.bn(tf.reshape(y, [-1, oh, ow, k * y.shape[-1]]), training)  # copy-major channels
 
     def macs(self, h, w):
         oh, ow = self.out_size(h, w)
@@ -130,6 +144,8 @@ class FactorizedReduce(OpLayer):
 class SkipConnect(OpLayer):
     """Identity at stride 1; at stride 2 DARTS uses a FactorizedReduce, built here as a child."""
 
+    supports_copies = True
+
     def __init__(self, desc, options, **kw):
         super().__init__(desc, options, **kw)
         self.reduce = None
@@ -139,7 +155,9 @@ class SkipConnect(OpLayer):
             child.name = "factorized_reduce"
             child.id = f"{desc.id}.fr" if desc.id else ""
             child.out_channels = desc.out_channels or desc.in_channels
-            self.reduce = FactorizedReduce(child, options)
+            self.reduce = FactorizedReduce(child, options, copies=self.copies)
+        else:
+            self.out_copies = 1  # the identity is the same for every copy
         self.finish_build()
 
     @property
@@ -157,8 +175,11 @@ class SkipConnect(OpLayer):
 class Zero(OpLayer):
     """The `none` candidate: zeros of the output shape (mixed ops skip it, since it adds nothing)."""
 
+    supports_copies = True
+
     def __init__(self, desc, options, **kw):
         super().__init__(desc, options, **kw)
+        self.out_copies = 1
         self.finish_build()
 
     def call(self, x, training=False):
@@ -171,9 +192,12 @@ class Zero(OpLayer):
 class Pool(OpLayer):
     """3x3 pooling with padding 1; average pooling counts only real pixels (count_include_pad=False)."""
 
+    supports_copies = True
+
     def __init__(self, desc, options, kind: str, **kw):
         super().__init__(desc, options, **kw)
         self.kind = kind
+        self.out_copies = 1  # no weights: every copy computes the same
         self.finish_build()
 
     def call(self, x, training=False):

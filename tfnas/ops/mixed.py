@@ -1,9 +1,15 @@
 """The DARTS mixed operation: softmax(alpha)-weighted sum of an edge's candidate operations.
 
 The alphas themselves live on the model, one matrix per alpha group (all normal cells share one, all
-reduction cells another); the model passes each edge its row of softmax weights. `none` contributes
+reduction cells another); the caller passes the op its rows of softmax weights. `none` contributes
 exactly zero to the sum and zero to every gradient, so it is not computed at all. As in the reference
 code, search-time pooling candidates are followed by a non-affine BatchNorm.
+
+Built with `copies=k`, one MixedOp is the k mixed edges of a cell that read the same state (see
+`OpLayer`): each weighted candidate runs once with k weight sets side by side, and the weightless ones
+(pools and their non-affine BatchNorm, identity) run once for all k edges, since in training their
+outputs and batch statistics are the same for every edge (and so are their moving averages). The
+result is the k edges' outputs, each exactly the single-edge mixed op's.
 """
 from __future__ import annotations
 
@@ -15,6 +21,8 @@ from tfnas.ops.registry import create, register
 
 @register("mixed")
 class MixedOp(OpLayer):
+    supports_copies = True
+
     def __init__(self, desc, options, **kw):
         super().__init__(desc, options, **kw)
         if not desc.candidates:
@@ -24,26 +32,35 @@ class MixedOp(OpLayer):
         for column, cand in enumerate(desc.candidates):
             if cand.name == "none":
                 continue
-            layer = create(cand, options)
+            layer = create(cand, options, self.copies)
             bn = None
             if "pool" in cand.name:
-                bn = BatchNorm(self, f"{cand.name}_bn", cand.out_channels or cand.in_channels, affine=False)
+                channels = (cand.out_channels or cand.in_channels) * layer.out_copies
+                bn = BatchNorm(self, f"{cand.name}_bn", channels, affine=False)
             self.branches.append((column, layer, bn))
         self._layers = [layer for _, layer, _ in self.branches]  # tracked for weights and checkpoints
         self.finish_build()
 
     def call(self, x, weights=None, training=False):
-        out = None
+        """`weights`: [copies, candidates] softmax rows, one per edge. Returns the `copies` edge outputs."""
+        k = self.copies
+        columns = tf.unstack(weights, axis=-1) if k > 1 else tf.unstack(tf.reshape(weights, [-1]))
+        terms = []
         for column, layer, bn in self.branches:
             y = layer(x, training=training)
             if bn is not None:
                 y = bn(y, training)
-            y = weights[column] * y
-            out = y if out is None else out + y
-        if out is None:  # only `none` candidates
+            if k > 1:  # [n, h, w, copy, channels]; one copy broadcasts to all k edges
+                y = tf.reshape(y, [-1, y.shape[1], y.shape[2], layer.out_copies, y.shape[3] // layer.out_copies])
+                terms.append(y * tf.reshape(columns[column], [k, 1]))
+            else:
+                terms.append(columns[column] * y)
+        if not terms:  # only `none` candidates
             s = self.stride
-            out = tf.zeros_like(x if s == 1 else x[:, ::s, ::s, :])
-        return out
+            zeros = tf.zeros_like(x if s == 1 else x[:, ::s, ::s, :])
+            return [zeros] * k
+        out = tf.add_n(terms) if len(terms) > 1 else terms[0]
+        return tf.unstack(out, axis=3) if k > 1 else [out]
 
     def macs(self, h, w):
         return sum(layer.macs(h, w) for _, layer, _ in self.branches)

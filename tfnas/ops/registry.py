@@ -24,7 +24,7 @@ def register(name: str, **fixed) -> Callable:
     def wrap(cls):
         if name in _REGISTRY:
             raise ValueError(f"operation {name!r} is registered twice")
-        _REGISTRY[name] = lambda desc, options: cls(desc, options, **fixed)
+        _REGISTRY[name] = lambda desc, options, copies=1: cls(desc, options, copies=copies, **fixed)
         return cls
 
     return wrap
@@ -38,9 +38,9 @@ def is_registered(name: str) -> bool:
     return name in _REGISTRY
 
 
-def create(desc: pb.OpDesc, options: pb.CompilerOptions):
-    """Builds the Keras layer of one operation descriptor."""
+def create(desc: pb.OpDesc, options: pb.CompilerOptions, copies: int = 1):
+    """Builds the Keras layer of one operation descriptor (`copies`: see `OpLayer`)."""
     factory = _REGISTRY.get(desc.name)
     if factory is None:
         raise OpError(f"unknown operation {desc.name!r} (known: {', '.join(names())})")
-    return factory(desc, options)
+    return factory(desc, options, copies)

@@ -1,0 +1,752 @@
+#!/usr/bin/env python
+"""tfnas benchmark: DARTS search steps, search-network inference, evaluation training, SavedModel latency.
+
+    python benchmarks/bench.py [--cases LIST] [--steps N] [--json out.json] [--timeout S] [--xla]
+
+Cases (--cases, a comma list; default all, run in this order):
+
+    small-o1, small-o2   DARTS search step, first / second order; small network: 8 channels, 5 cells, batch 32
+    cifar-o1, cifar-o2   the same on the DARTS CIFAR-10 search network: 16 channels, 8 cells, batch 64
+    small-infer          the small search network in inference mode, batch 32
+    cifar-infer          the CIFAR-10 search network in inference mode, batch 64
+    eval-train           the `tfnas eval` training step of DARTS_V2: 36 channels, 20 cells, batch 96
+    export               that DARTS_V2 network exported as a SavedModel: serving latency at batch 1 and 64
+
+Search networks: 4 nodes, stem multiplier 3, the default configuration's 8 DARTS primitives, 32x32x3
+inputs, 10 classes. Every case runs in a fresh child process (this script with the hidden `--child CASE`),
+so tracing caches and memory never carry over from one measurement to the next, and a child that dies (out
+of memory, the timeout) leaves an error in its row instead of ending the run.
+
+What each child builds and times:
+
+    search    exactly what `tfnas.search.runner.search` runs: macro.build_macro -> darts.build_supernet ->
+              compiler.compile_model -> BilevelSearch with the default configuration's two optimisers ->
+              one tf.function step over uint8 (train, val) batches with preprocessing.
+    infer     the same search network (no optimisers), `net(preprocess(x), training=False)` in a
+              tf.function over a uint8 batch (as the evaluation's `logits_function` does).
+    eval      the DARTS_V2 evaluation network (compiler.EVAL_OPTIONS: auxiliary tower, drop path 0.1) and
+              the `tfnas eval` step (evaluation.EvalTrainer: crop/flip/cutout augmentation, SGD).
+    export    the same evaluation network with random weights (latency does not depend on them), written
+              as an evaluation directory, exported with `tfnas.export.export`, loaded back with
+              tf.saved_model.load, and its `serving_default` signature called at batch 1 and 64.
+
+All inputs are fixed random uint8 batches (numpy, seeded). Measured per case:
+
+    build      seconds to build the descriptor, the Keras model (and the optimisers where there are some)
+    first      trace (get_concrete_function) + first run (graph optimisation happens there); JSON keeps
+               trace_s and first_run_s apart. Export rows: the loaded signature's first call at that batch
+               size (the tracing happened in the export: export_s; loading: load_s, both in the JSON)
+    s/step     median seconds per step over N timed steps, after one untimed warm-up step (3 warm-up
+               calls for export), with min and max. Export rows: the latency in ms
+    img/s      batch / median. Search steps count the training batch only (each step also processes a
+               validation batch of the same size), as the reference figures count it
+    peak GiB   the child's peak resident memory (getrusage ru_maxrss); the two export rows share one child
+    GFLOP/s    nominal FLOPs per step / median step time, and its fraction of the CPU's fp32 peak
+
+FLOP convention (nominal, the same count for tfnas and the PyTorch original, so the fraction of peak
+compares the two like for like): MACs = compiler.multiply_adds(net), the multiply-adds of one image
+(convolutions and dense layers, each edge at its own resolution; the figure `tfnas describe` prints);
+forward = 2 x MACs, backward = 2 x forward, so one forward+backward pass = 6 x MACs per image.
+Search, first order: 2 passes per step (alpha step on the val batch, weight step on the train batch).
+Search, second order: 5 passes (virtual step on train, val at w', two finite-difference alpha passes on
+train, weight step) - the alpha-only passes are counted as full passes, although tfnas asks the tape for
+alpha gradients only and the weight-gradient half of their backward is pruned from the graph.
+Inference and export: 2 x MACs per image (forward only, no auxiliary tower). Evaluation training: 6 x MACs
+per image with the auxiliary tower INCLUDED (it runs forward and backward in every training step; it adds
+0.1% on DARTS_V2); the MMAC/img column shows the network without it, as `tfnas describe` does.
+Peak = cores x GHz ('cpu MHz' of /proc/cpuinfo) x 32 FLOP/cycle (AVX2: 2 FMA units x 8 fp32 lanes x 2).
+
+--xla wraps every timed tf.function in jit_compile=True (search, infer, eval-train). The export rows time
+the SavedModel's signature as it was loaded, without XLA; each row records its own `xla`.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import importlib.metadata
+import json
+import os
+import pathlib
+import platform
+import re
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import tfnas  # noqa: F401  (sets TF_ENABLE_ONEDNN_OPTS=1 unless the user chose otherwise; no TF import)
+
+# Search networks: channels, cells, batch.
+NETWORKS = {
+    "small": dict(channels=8, cells=5, batch=32),
+    "cifar": dict(channels=16, cells=8, batch=64),
+}
+EVAL_NETWORK = dict(arch="DARTS_V2", channels=36, cells=20, batch=96)
+EXPORT_BATCHES = (1, 64)
+EXPORT_WARMUP_CALLS = 3
+# name: kind, network, order, default timed steps (export: latency repeats per batch size)
+CASES = {
+    "small-o1": dict(kind="search", net="small", order=1, steps=10),
+    "small-o2": dict(kind="search", net="small", order=2, steps=10),
+    "cifar-o1": dict(kind="search", net="cifar", order=1, steps=5),
+    "cifar-o2": dict(kind="search", net="cifar", order=2, steps=5),
+    "small-infer": dict(kind="infer", net="small", steps=20),
+    "cifar-infer": dict(kind="infer", net="cifar", steps=10),
+    "eval-train": dict(kind="eval", net="eval", steps=3),
+    "export": dict(kind="export", net="eval", steps=20),
+}
+IMAGE_SHAPE = (32, 32, 3)
+NUM_CLASSES = 10
+NODES = 4
+STEM_MULTIPLIER = 3
+# CIFAR-10 search split: half of the 50,000 training images train the weights (DARTS); sets the
+# steps per epoch of the (epoch-wise) learning-rate schedules, which does not affect timing.
+SEARCH_TRAIN_IMAGES = 25_000
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+# The original PyTorch DARTS (quark0/darts) on a machine of this kind: seconds/step, images/s, peak GiB.
+REFERENCE = {
+    "small-o1": dict(s_per_step=6.6, images_per_s=4.8, peak_gib=1.93),
+    "small-o2": dict(s_per_step=13.4, images_per_s=2.4, peak_gib=2.51),
+    "cifar-o1": dict(s_per_step=36.9, images_per_s=1.7, peak_gib=10.4),
+    "cifar-o2": dict(s_per_step=77.4, images_per_s=0.83, peak_gib=13.4),
+    "small-infer": dict(s_per_step=0.63, images_per_s=51.0, peak_gib=0.30),
+}
+SEARCH_PASSES = {1: 2, 2: 5}  # forward+backward passes per search step (see the module docstring)
+FLOPS_PER_MAC = {"train": 6, "infer": 2}  # forward 2 FLOPs per MAC, backward 2 x forward
+FLOP_PER_CYCLE = 32  # AVX2 FMA fp32 per core
+CONVENTION = ("nominal FLOPs = 2 per multiply-add forward (compiler.multiply_adds: conv + dense only), backward "
+              "= 2 x forward; search step = passes x 6 x MACs/image x batch, passes: first order 2 (alpha step "
+              "on val, weight step on train), second order 5 (+ virtual step on train, + 2 finite-difference "
+              "alpha-only passes on train, counted as full passes); inference and export = 2 x MACs/image x "
+              "batch; evaluation training = 6 x MACs/image (auxiliary tower included) x batch; peak = cores x "
+              "GHz x 32 FLOP/cycle (AVX2 FMA fp32)")
+
+
+def gib(kib: float) -> float:
+    return kib / 1024.0**2
+
+
+def peak_rss_gib() -> float:
+    return gib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # Linux: KiB
+
+
+def onednn_state() -> str:
+    value = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+    return f"{'off' if value == '0' else 'on' if value == '1' else 'TF default'} (TF_ENABLE_ONEDNN_OPTS={value})"
+
+
+# ------------------------------------------------------------------------------------------------------
+# Machine
+
+
+def cpu_info() -> dict:
+    model, mhz, flags = "unknown", [], []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and model == "unknown":
+                    model = value.strip()
+                elif key == "cpu MHz":
+                    mhz.append(float(value))
+                elif key == "flags" and not flags:
+                    flags = value.split()
+    except OSError:
+        pass
+    ghz = max(mhz) / 1000.0 if mhz else float("nan")
+    cores = os.cpu_count() or 1
+    return dict(cpu_count=cores, cpu_model=model, cpu_ghz=ghz, avx2="avx2" in flags, fma="fma" in flags,
+                avx512f="avx512f" in flags, peak_gflops=cores * ghz * FLOP_PER_CYCLE,
+                peak_convention=f"{cores} cores x {ghz:.3f} GHz x {FLOP_PER_CYCLE} FLOP/cycle (AVX2 FMA fp32)")
+
+
+def package_version(*names: str) -> str | None:
+    for name in names:
+        try:
+            return f"{name} {importlib.metadata.version(name)}"
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def git_state() -> str | None:
+    """Commit of the checkout the children import tfnas from, and whether tfnas/ has uncommitted edits."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(tfnas.__file__)))
+    try:
+        commit = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "tfnas"], capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}{' + uncommitted changes in tfnas/' if dirty else ''}" if commit else None
+
+
+def machine_info(xla: bool) -> dict:
+    info = cpu_info()
+    mem_total = None
+    try:
+        with open("/proc/meminfo") as f:
+            kib = int(re.search(r"MemTotal:\s+(\d+)", f.read()).group(1))
+            mem_total = round(gib(kib), 2)
+    except (OSError, AttributeError):
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    auto_jit = "xla_auto_jit" in os.environ.get("TF_XLA_FLAGS", "")
+    info.update(
+        memory_gib=mem_total,
+        python=platform.python_version(),
+        platform=platform.platform(),
+        tensorflow_package=package_version("tensorflow-cpu", "tensorflow", "tf-nightly"),
+        keras_package=package_version("keras"),
+        tfnas=tfnas.__version__,
+        TF_ENABLE_ONEDNN_OPTS=os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+        onednn=onednn_state(),
+        xla_jit_compile=xla,
+        xla=("on (jit_compile=True on each timed tf.function; export rows excepted)" if xla else
+             "off (no jit_compile)") + (f"; TF_XLA_FLAGS={os.environ['TF_XLA_FLAGS']}" if auto_jit else
+                                        ", no TF_XLA_FLAGS auto-jit"),
+        load_average_at_start=[round(x, 2) for x in load] if load else None,
+        tfnas_git=git_state(),
+    )
+    return info
+
+
+# ------------------------------------------------------------------------------------------------------
+# Child: one case
+
+
+class Child:
+    """The result of one case, saved to `path` at every phase change, so a dying child leaves its phase."""
+
+    def __init__(self, case: str, steps: int, xla: bool, path: str):
+        spec = CASES[case]
+        self.case, self.path = case, path
+        self.result: dict = dict(case=case, kind=spec["kind"], network=spec["net"], steps=steps, xla=xla,
+                                 phase="start")
+        if "order" in spec:
+            self.result["order"] = spec["order"]
+        load = os.getloadavg() if hasattr(os, "getloadavg") else None
+        self.result["load_average_at_start"] = [round(x, 2) for x in load] if load else None
+
+    def save(self) -> None:
+        self.result["peak_gib"] = peak_rss_gib()
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.result, f)
+        os.replace(tmp, self.path)
+
+    def enter(self, phase: str) -> None:
+        self.result["phase"] = phase
+        self.save()
+
+    def log(self, msg: str) -> None:
+        print(f"[{self.case}] {msg}", flush=True)
+
+
+def child_imports(c: Child):
+    """Imports TensorFlow and sets the thread pools as the tfnas commands do; records the versions."""
+    t = time.perf_counter()
+    import keras
+    import tensorflow as tf
+
+    from tfnas import runtime
+    runtime.configure_threads()
+    c.result["import_s"] = time.perf_counter() - t
+    c.result.update(tf_version=tf.__version__, keras_version=keras.__version__,
+                    TF_ENABLE_ONEDNN_OPTS=os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+                    inter_op_threads=tf.config.threading.get_inter_op_parallelism_threads(),
+                    intra_op_threads=tf.config.threading.get_intra_op_parallelism_threads())
+    c.log(f"imported TensorFlow {tf.__version__} / Keras {keras.__version__} in {c.result['import_s']:.1f} s "
+          f"(oneDNN {onednn_state()}, XLA {'on' if c.result['xla'] else 'off'})")
+    return tf, keras
+
+
+def uint8_batches(seed: int, batch: int, count: int):
+    """`count` fixed (images uint8, labels int64) pairs."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    return [(rng.integers(0, 256, (batch, *IMAGE_SHAPE), dtype=np.uint8),
+             rng.integers(0, NUM_CLASSES, (batch,), dtype=np.int64)) for _ in range(count)]
+
+
+def trace_and_first_run(c: Child, fn, run) -> None:
+    """Traces `fn` (a tf.function with an input signature), then runs it once through `run(0)`."""
+    c.enter("trace")
+    t = time.perf_counter()
+    concrete = fn.get_concrete_function()
+    c.result["trace_s"] = time.perf_counter() - t
+    c.result["graph_ops"] = len(concrete.graph.get_operations())
+    c.log(f"traced in {c.result['trace_s']:.1f} s ({c.result['graph_ops']:,} ops in the traced graph)")
+    c.enter("first step")
+    t = time.perf_counter()
+    out = run(0)
+    c.result["first_run_s"] = time.perf_counter() - t
+    c.result["first_step_s"] = c.result["trace_s"] + c.result["first_run_s"]
+    c.result["peak_gib_after_first_step"] = peak_rss_gib()
+    c.log(f"first step ran in {c.result['first_run_s']:.1f} s (trace + first step "
+          f"{c.result['first_step_s']:.1f} s){out}")
+
+
+def timed_steps(c: Child, run, steps: int, batch: int, flops_per_step: float) -> None:
+    """One untimed warm-up step, then `steps` timed ones; records the median and the FLOP rate."""
+    c.enter("warm-up")
+    t = time.perf_counter()
+    run(1)
+    c.result["warmup_s"] = time.perf_counter() - t
+    c.log(f"warm-up step {c.result['warmup_s']:.2f} s")
+    c.enter("steps")
+    times = []
+    for i in range(steps):
+        t = time.perf_counter()
+        out = run(i)
+        times.append(time.perf_counter() - t)
+        c.log(f"step {i + 1}/{steps}: {times[-1]:.3f} s{out}")
+        c.result["step_times_s"] = times
+        c.save()
+    med = statistics.median(times)
+    c.result.update(median_s=med, min_s=min(times), max_s=max(times), images_per_s=batch / med,
+                    nominal_flops_per_step=flops_per_step, gflops=flops_per_step / med / 1e9)
+    c.log(f"median {med:.3f} s/step (min {min(times):.3f}, max {max(times):.3f}), "
+          f"{c.result['images_per_s']:.2f} img/s, peak {peak_rss_gib():.2f} GiB")
+
+
+def build_search_network(c: Child, seed: int, cfg):
+    """macro.build_macro -> darts.build_supernet -> compiler.compile_model, as runner.search does."""
+    from tfnas import compiler, macro
+    from tfnas.proto import config_pb2
+    from tfnas.search import darts
+    spec = NETWORKS[c.result["network"]]
+    primitives = list(cfg.search.darts.primitives)
+    assert len(primitives) == 8, primitives
+    macro_cfg = config_pb2.MacroConfig(channels=spec["channels"], cells=spec["cells"], nodes=NODES,
+                                       stem_multiplier=STEM_MULTIPLIER)
+    macro_desc = macro.build_macro(macro_cfg, IMAGE_SHAPE, NUM_CLASSES)
+    supernet = darts.build_supernet(macro_desc, primitives, cfg.search.darts.alpha_init_scale, seed=seed)
+    return compiler.compile_model(supernet, compiler.SEARCH_OPTIONS)
+
+
+def record_network(c: Child, net, include_aux: bool) -> None:
+    from tfnas import compiler
+    c.result["params"] = compiler.count_params(net, include_aux=include_aux)
+    c.result["macs_per_image"] = compiler.multiply_adds(net)
+    c.result["weight_tensors"] = len(net.weights_only)
+    c.result["peak_gib_after_build"] = peak_rss_gib()
+    c.log(f"built in {c.result['build_s']:.1f} s: {c.result['params']:,} params, "
+          f"{c.result['macs_per_image'] / 1e6:.1f} M multiply-adds/image, {c.result['weight_tensors']} weight tensors")
+
+
+def child_search(c: Child) -> None:
+    """The DARTS search step (search-step cases) or the search network's inference (infer cases)."""
+    tf, keras = child_imports(c)
+    import numpy as np
+
+    from tfnas import config as config_lib, data as data_lib
+    from tfnas.search.bilevel import BilevelSearch
+    from tfnas.train import optim
+
+    search = c.result["kind"] == "search"
+    batch = NETWORKS[c.result["network"]]["batch"]
+    c.result.update(batch=batch, nodes=NODES, **{k: NETWORKS[c.result["network"]][k] for k in ("channels", "cells")})
+    cfg = config_lib.load_config()
+    s = cfg.search
+    if search:
+        s.darts.order = c.result["order"]
+    seed = int(cfg.seed)
+    keras.utils.set_random_seed(seed)  # runner.seed_everything (deterministic is off by default)
+    steps_per_epoch = SEARCH_TRAIN_IMAGES // batch
+    # Fixed random uint8 batches (search: two (train, val) pairs, alternated), numpy-seeded.
+    pairs = uint8_batches(seed, batch, 4)
+    batches = ([(*pairs[0], *pairs[1]), (*pairs[2], *pairs[3])] if search else [(x,) for x, _ in pairs[:2]])
+    mean, std = np.asarray(CIFAR_MEAN, np.float32), np.asarray(CIFAR_STD, np.float32)
+
+    c.enter("build")
+    t = time.perf_counter()
+    net = build_search_network(c, seed, cfg)
+    if search:
+        weight_opt = optim.make_optimizer(s.trainer.optimizer, s.trainer.epochs, steps_per_epoch,
+                                          "weight_optimizer")
+        alpha_opt = optim.make_optimizer(s.darts.alpha_optimizer, s.trainer.epochs, steps_per_epoch,
+                                         "alpha_optimizer")
+        searcher = BilevelSearch(net, weight_opt, alpha_opt, s.trainer.optimizer, s.darts.alpha_optimizer,
+                                 order=s.darts.order)
+    c.result["build_s"] = time.perf_counter() - t
+    record_network(c, net, include_aux=True)  # a search network has no auxiliary tower
+    c.save()
+
+    image_spec = tf.TensorSpec([batch, *IMAGE_SHAPE], tf.uint8)
+    label_spec = tf.TensorSpec([batch], tf.int64)
+    prep = lambda x: data_lib.preprocess(x, mean, std)  # noqa: E731
+    if search:
+        # The step exactly as tfnas.search.runner.search defines it.
+        @tf.function(input_signature=[image_spec, label_spec, image_spec, label_spec], autograph=False,
+                     jit_compile=c.result["xla"])
+        def step(x_train, y_train, x_val, y_val):
+            return searcher.train_step(((prep(x_train), y_train), (prep(x_val), y_val)))
+
+        def run(i):
+            loss = float(step(*batches[i % len(batches)])["loss"].numpy())  # forces the step to finish
+            if not np.isfinite(loss):
+                c.result["warning"] = f"non-finite loss {loss}"
+            return f" (loss {loss:.3f})"
+        flops = SEARCH_PASSES[c.result["order"]] * FLOPS_PER_MAC["train"] * c.result["macs_per_image"] * batch
+    else:
+        # Inference as the evaluation's logits_function runs it.
+        @tf.function(input_signature=[image_spec], autograph=False, jit_compile=c.result["xla"])
+        def step(x):
+            return net(prep(x), training=False)
+
+        def run(i):
+            step(*batches[i % len(batches)]).numpy()  # forces the step to finish
+            return ""
+        flops = FLOPS_PER_MAC["infer"] * c.result["macs_per_image"] * batch
+
+    trace_and_first_run(c, step, run)
+    timed_steps(c, run, c.result["steps"], batch, flops)
+
+
+def build_eval_network(c: Child):
+    """The DARTS_V2 evaluation network (auxiliary tower, drop path), as `tfnas eval` builds it."""
+    from tfnas import compiler, config as config_lib, evaluation
+    from tfnas.proto import config_pb2
+    cfg = config_lib.load_config(None, ["eval.augmentation.crop_padding=4", "eval.augmentation.cutout=16",
+                                        "eval.augmentation.horizontal_flip=true"])
+    macro_cfg = config_pb2.MacroConfig(channels=EVAL_NETWORK["channels"], cells=EVAL_NETWORK["cells"],
+                                       stem_multiplier=STEM_MULTIPLIER, aux_tower=True, aux_weight=0.4)
+    c.result.update(arch=EVAL_NETWORK["arch"], channels=EVAL_NETWORK["channels"], cells=EVAL_NETWORK["cells"])
+    c.enter("build")
+    t = time.perf_counter()
+    desc = evaluation.evaluation_desc(EVAL_NETWORK["arch"], macro_cfg, list(IMAGE_SHAPE), NUM_CLASSES)
+    net = compiler.compile_model(desc, compiler.EVAL_OPTIONS)
+    net.drop_rate.assign(0.1)
+    return cfg, desc, net, t
+
+
+def child_eval_train(c: Child) -> None:
+    tf, _ = child_imports(c)
+    import numpy as np
+
+    from tfnas import compiler, evaluation
+    from tfnas.train import optim
+
+    batch = EVAL_NETWORK["batch"]
+    c.result["batch"] = batch
+    cfg, _, net, t = build_eval_network(c)
+    opt = optim.make_optimizer(cfg.eval.trainer.optimizer, 1, 100, "optimizer")
+    mean, std = np.full(3, 0.5, np.float32), np.full(3, 0.25, np.float32)
+    trainer = evaluation.EvalTrainer(net, opt, cfg.eval.trainer.optimizer, cfg.eval.augmentation, mean, std, 0)
+    c.result["build_s"] = time.perf_counter() - t
+    record_network(c, net, include_aux=False)
+    c.result["params_with_aux"] = compiler.count_params(net, include_aux=True)
+    c.result["macs_per_image_with_aux"] = compiler.multiply_adds(net, include_aux=True)
+    c.save()
+
+    spec = [tf.TensorSpec([batch, *IMAGE_SHAPE], tf.uint8), tf.TensorSpec([batch], tf.int64)]
+    step = tf.function(lambda x, y: trainer.train_step((x, y)), input_signature=spec, autograph=False,
+                       jit_compile=c.result["xla"])
+    x, y = uint8_batches(0, batch, 1)[0]
+
+    def run(i):
+        loss = float(step(x, y)["loss"])  # forces the step to finish
+        return f" (loss {loss:.3f})"
+
+    trace_and_first_run(c, step, run)
+    timed_steps(c, run, c.result["steps"], batch,
+                FLOPS_PER_MAC["train"] * c.result["macs_per_image_with_aux"] * batch)
+
+
+def child_export(c: Child) -> None:
+    tf, _ = child_imports(c)
+    import numpy as np
+
+    from tfnas import descriptors, evaluation, export
+
+    c.result["xla"] = False  # the loaded signature is timed as it is; see the module docstring
+    _, desc, net, t = build_eval_network(c)
+    c.result["build_s"] = time.perf_counter() - t
+    record_network(c, net, include_aux=False)
+    c.save()
+    mean, std = np.full(3, 0.5, np.float32), np.full(3, 0.25, np.float32)
+    repeats = c.result["steps"]
+    with tempfile.TemporaryDirectory(prefix="tfnas_bench_export_") as tmp:
+        c.enter("export")
+        t = time.perf_counter()
+        evaluation_dir = os.path.join(tmp, "eval")
+        os.makedirs(evaluation_dir)
+        descriptors.save(desc, os.path.join(evaluation_dir, evaluation.MODEL_DESC))
+        with open(os.path.join(evaluation_dir, evaluation.DATASET_INFO), "w") as f:
+            json.dump({"dataset": "random", "image_shape": list(IMAGE_SHAPE),
+                       "class_names": [str(i) for i in range(NUM_CLASSES)],
+                       "mean": mean.tolist(), "std": std.tolist()}, f)
+        evaluation.write_weights(net, pathlib.Path(evaluation_dir))
+        path = export.export(evaluation_dir, os.path.join(tmp, "exports"))
+        c.result["export_s"] = time.perf_counter() - t
+        c.log(f"exported in {c.result['export_s']:.1f} s (weights, descriptor, tracing the serving function)")
+        c.enter("load")
+        t = time.perf_counter()
+        serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+        c.result["load_s"] = time.perf_counter() - t
+        c.log(f"loaded in {c.result['load_s']:.1f} s")
+        rng = np.random.default_rng(0)
+        c.result["latency"] = {}
+        for n in EXPORT_BATCHES:
+            images = tf.constant(rng.integers(0, 256, (n, *IMAGE_SHAPE), dtype=np.uint8))
+            c.enter(f"batch {n}: first call")
+            t = time.perf_counter()
+            serve(images=images)["class_id"].numpy()
+            first = time.perf_counter() - t
+            c.enter(f"batch {n}: warm-up")
+            for _ in range(EXPORT_WARMUP_CALLS):
+                serve(images=images)["class_id"].numpy()
+            c.enter(f"batch {n}: latency")
+            lat = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                serve(images=images)["class_id"].numpy()
+                lat.append(time.perf_counter() - t)
+            med = statistics.median(lat)
+            flops = FLOPS_PER_MAC["infer"] * c.result["macs_per_image"] * n
+            c.result["latency"][str(n)] = dict(
+                batch=n, first_run_s=first, step_times_s=lat, median_s=med, min_s=min(lat), max_s=max(lat),
+                images_per_s=n / med, nominal_flops_per_step=flops, gflops=flops / med / 1e9)
+            c.log(f"batch {n}: first call {first:.2f} s; latency {med * 1e3:.1f} ms (min {min(lat) * 1e3:.1f}, "
+                  f"max {max(lat) * 1e3:.1f}) over {repeats} calls = {n / med:.1f} img/s")
+            c.save()
+
+
+CHILDREN = {"search": child_search, "infer": child_search, "eval": child_eval_train, "export": child_export}
+
+
+def run_child(case: str, steps: int, xla: bool, result_path: str) -> int:
+    c = Child(case, steps, xla, result_path)
+    try:
+        CHILDREN[CASES[case]["kind"]](c)
+        c.enter("done")
+        return 0
+    except BaseException as err:  # noqa: BLE001 - recorded in the row; the parent goes on
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [""]
+        # TF puts the cause first ("XLA does not support ...") or last ("OOM when allocating ..."): keep both.
+        what = lines[0][:200] + (f" ... {lines[-1][:200]}" if len(lines) > 1 else "")
+        c.result["error"] = f"{type(err).__name__} during {c.result.get('phase')}: {what}"
+        c.result["error_detail"] = str(err)[-3000:]
+        c.save()
+        raise
+
+
+# ------------------------------------------------------------------------------------------------------
+# Parent
+
+
+def signal_name(code: int) -> str:
+    try:
+        return signal.Signals(code).name
+    except ValueError:
+        return f"signal {code}"
+
+
+def run_case(case: str, steps: int, timeout: float, xla: bool, tmpdir: str) -> list[dict]:
+    """Runs one case in a child process; returns its rows (two for export: batch 1 and 64)."""
+    result_path = os.path.join(tmpdir, f"{case}.json")
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", case, "--steps", str(steps),
+           "--result", result_path] + (["--xla"] if xla else [])
+    print(f"\n=== {case}: {' '.join(cmd[1:])}", flush=True)
+    tail: collections.deque = collections.deque(maxlen=30)
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    timed_out = threading.Event()
+
+    def kill():
+        timed_out.set()
+        proc.kill()
+
+    timer = threading.Timer(timeout, kill) if timeout > 0 else None
+    if timer:
+        timer.start()
+    try:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            tail.append(line.rstrip())
+        proc.wait()
+    finally:
+        if timer:
+            timer.cancel()
+    wall = time.perf_counter() - start
+    row = dict(case=case, kind=CASES[case]["kind"], xla=xla)
+    if os.path.exists(result_path):
+        with open(result_path) as f:
+            row = json.load(f)
+    row["child_wall_s"] = wall
+    row["returncode"] = proc.returncode
+    if timed_out.is_set():
+        row["error"] = f"killed after the {timeout:.0f} s timeout (phase: {row.get('phase', '?')})"
+    elif proc.returncode != 0 and "error" not in row:
+        why = (f"killed by {signal_name(-proc.returncode)}" + (" (out of memory?)" if proc.returncode == -9 else "")
+               if proc.returncode < 0 else f"exit status {proc.returncode}")
+        row["error"] = f"{why} during {row.get('phase', 'start')}"
+    if "error" in row:
+        row["output_tail"] = list(tail)[-10:]
+
+    if row["kind"] == "export":  # one row per batch size, sharing the child's fields
+        latency = row.pop("latency", {})
+        rows = []
+        for n in EXPORT_BATCHES:
+            r = {**row, "case": f"{case}-b{n}", "batch": n, **latency.get(str(n), {})}
+            if "median_s" in r:
+                r["latency_ms"] = dict(median=r["median_s"] * 1e3, min=r["min_s"] * 1e3, max=r["max_s"] * 1e3)
+            elif "error" not in r:
+                r["error"] = "no result"
+            rows.append(r)
+        return rows
+    if "median_s" not in row and "error" not in row:
+        row["error"] = "no result"
+    ref = REFERENCE.get(case)
+    if ref:
+        row["reference"] = ref
+        if "images_per_s" in row:
+            row["speedup"] = row["images_per_s"] / ref["images_per_s"]
+        if "peak_gib" in row:
+            row["memory_ratio"] = row["peak_gib"] / ref["peak_gib"]
+    return [row]
+
+
+def fmt(value, spec: str, missing: str = "-") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def table(rows: list[dict], machine: dict) -> str:
+    head = ["case", "batch", "params", "MMAC/img", "ops", "build s", "first s", "s/step", "(min-max)", "img/s",
+            "peak GiB", "GFLOP/s", "%peak", "|", "ref s/step", "ref img/s", "ref GiB", "|", "speed-up", "mem ratio"]
+    lines = []
+    for r in rows:
+        ref = r.get("reference", {})
+        ok = "median_s" in r
+        if r["kind"] == "export":  # latency in ms; "first s" = the loaded signature's first call
+            step = f"{r['median_s'] * 1e3:.1f} ms" if ok else "-"
+            spread = f"{r['min_s'] * 1e3:.1f}-{r['max_s'] * 1e3:.1f} ms" if ok else "-"
+            first = r.get("first_run_s")
+        else:
+            step = fmt(r.get("median_s"), ".3f")
+            spread = f"{r['min_s']:.2f}-{r['max_s']:.2f}" if ok else "-"
+            first = r.get("first_step_s")
+        lines.append([
+            r["case"], fmt(r.get("batch"), "d"), fmt(r.get("params"), ","),
+            fmt(r.get("macs_per_image") and r["macs_per_image"] / 1e6, ".1f"),
+            fmt(r.get("graph_ops"), ","), fmt(r.get("build_s"), ".1f"), fmt(first, ".1f"),
+            step, spread, fmt(r.get("images_per_s"), ".2f"), fmt(r.get("peak_gib"), ".2f"),
+            fmt(r.get("gflops"), ".2f"), fmt(ok and 100 * r["gflops"] / machine["peak_gflops"] or None, ".2f"),
+            "|", fmt(ref.get("s_per_step"), ".2f"), fmt(ref.get("images_per_s"), ".2f"),
+            fmt(ref.get("peak_gib"), ".2f"),
+            "|", f"{r['speedup']:.2f}x" if "speedup" in r and ok else "-",
+            f"{r['memory_ratio']:.2f}" if "memory_ratio" in r and ok else "-",
+        ])
+    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(head)]
+    out = ["  ".join(h.rjust(w) for h, w in zip(head, widths))]
+    out.append("  ".join("-" * w for w in widths))
+    out += ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in lines]
+    for r in rows:
+        if "error" in r:
+            out.append(f"  {r['case']}: ERROR {r['error']}")
+        if "warning" in r:
+            out.append(f"  {r['case']}: WARNING {r['warning']}")
+    exports = [r for r in rows if r["kind"] == "export" and "export_s" in r]
+    if exports:
+        r = exports[0]
+        out.append(f"  export: SavedModel written in {r['export_s']:.1f} s (tracing the serving function), "
+                   f"loaded in {fmt(r.get('load_s'), '.1f')} s; first s = the loaded signature's first call")
+    evals = [r for r in rows if r["kind"] == "eval" and "macs_per_image_with_aux" in r]
+    if evals:
+        out.append(f"  eval-train: GFLOP/s counts the auxiliary tower too "
+                   f"({evals[0]['macs_per_image_with_aux'] / 1e6:.1f} MMAC/img with it)")
+    xla_rows = [r["case"] for r in rows if r.get("xla")]
+    if xla_rows:
+        out.append(f"  XLA (jit_compile=True) on: {', '.join(xla_rows)}")
+    return "\n".join(out)
+
+
+def write_json(path: str, machine: dict, rows: list[dict], started: str, total_s: float) -> None:
+    payload = dict(benchmark="tfnas benchmark (bench.py)", started=started, total_s=total_s, machine=machine,
+                   flop_convention=CONVENTION,
+                   reference_source="original PyTorch DARTS on a machine of this kind", results=rows)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cases", default=",".join(CASES), help="comma list, from: " + ", ".join(CASES) + " (default: all)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed steps per case, latency calls per batch size for export (default: "
+                        + ", ".join(f"{k} {v['steps']}" for k, v in CASES.items()) + ")")
+    p.add_argument("--json", default=None, help="write machine + results here, rewritten after each case")
+    p.add_argument("--timeout", type=float, default=0, help="kill a child after this many seconds (0: no limit)")
+    p.add_argument("--xla", action="store_true", help="jit_compile=True on each timed tf.function")
+    p.add_argument("--child", metavar="CASE", help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        p.error("--steps must be at least 1")
+
+    if args.child:
+        return run_child(args.child, args.steps or CASES[args.child]["steps"], args.xla, args.result)
+
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = [c for c in cases if c not in CASES]
+    if unknown or not cases:
+        p.error(f"unknown case(s) {', '.join(unknown) or '(none given)'} (known: {', '.join(CASES)})")
+
+    machine = machine_info(args.xla)
+    started = datetime.datetime.now().isoformat(timespec="seconds")
+    print(f"machine: {machine['cpu_count']} x {machine['cpu_model']} @ {machine['cpu_ghz']:.2f} GHz "
+          f"(avx2={machine['avx2']}, avx512f={machine['avx512f']}), {machine['memory_gib']} GiB; "
+          f"load average {machine['load_average_at_start']}")
+    print(f"peak fp32: {machine['peak_gflops']:.1f} GFLOP/s = {machine['peak_convention']}")
+    print(f"{machine['tensorflow_package']}, {machine['keras_package']}, oneDNN {machine['onednn']}, "
+          f"XLA {machine['xla']}; tfnas {machine['tfnas_git']}", flush=True)
+
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="tfnas_bench_") as tmpdir:
+        for case in cases:
+            rows += run_case(case, args.steps or CASES[case]["steps"], args.timeout, args.xla, tmpdir)
+            for r in rows:  # what the children saw (the same for all of them)
+                for key in ("tf_version", "keras_version", "inter_op_threads", "intra_op_threads"):
+                    if key in r:
+                        machine.setdefault(key, r[key])
+            if args.json:  # partial results survive an interrupted run
+                write_json(args.json, machine, rows, started, time.perf_counter() - t0)
+    total = time.perf_counter() - t0
+
+    print("\n" + "=" * 100)
+    print(f"tfnas benchmark, {started}, total {total / 60:.1f} min; ref = the original PyTorch DARTS")
+    print(f"machine: {machine['cpu_count']} x {machine['cpu_model']} @ {machine['cpu_ghz']:.2f} GHz, "
+          f"{machine['memory_gib']} GiB, peak {machine['peak_gflops']:.1f} GFLOP/s fp32; TensorFlow "
+          f"{machine.get('tf_version', '?')}, Keras {machine.get('keras_version', '?')}, oneDNN {machine['onednn']}, "
+          f"XLA {machine['xla']}; threads inter/intra {machine.get('inter_op_threads', '?')}/"
+          f"{machine.get('intra_op_threads', '?')} (0 = TF default); tfnas {machine['tfnas_git']}")
+    print("networks: small = C8, 5 cells; cifar = C16, 8 cells (search networks: 4 nodes, 8 primitives); "
+          "eval-train, export = DARTS_V2, C36, 20 cells; all 32x32x3, 10 classes")
+    print(table(rows, machine))
+    print("s/step: median over the timed steps after 1 warm-up step (export: latency over the timed calls after "
+          f"{EXPORT_WARMUP_CALLS} warm-up calls);\nfirst s: trace + first step; img/s: batch / median (search: train "
+          "batch only); peak GiB: child's max RSS;\nspeed-up: img/s over ref img/s; mem ratio: peak GiB over ref GiB "
+          "(< 1: less memory).")
+    print(f"FLOPs: {CONVENTION}.")
+    if args.json:
+        write_json(args.json, machine, rows, started, total)
+        print(f"wrote {args.json}")
+    return 0 if all("error" not in r for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
