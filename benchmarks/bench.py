@@ -62,6 +62,7 @@ the SavedModel's signature as it was loaded, without XLA; each row records its o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import collections
 import datetime
 import importlib.metadata
@@ -408,8 +409,12 @@ def child_search(c: Child) -> None:
             return ""
         flops = FLOPS_PER_MAC["infer"] * c.result["macs_per_image"] * batch
 
-    trace_and_first_run(c, step, run)
-    timed_steps(c, run, c.result["steps"], batch, flops)
+    # The search step runs under the graph options `tfnas search` uses (Grappler off, tfnas/runtime.py).
+    from tfnas import runtime
+    with runtime.search_graph_options() if search else contextlib.nullcontext():
+        c.result["grappler"] = not tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)
+        trace_and_first_run(c, step, run)
+        timed_steps(c, run, c.result["steps"], batch, flops)
 
 
 def build_eval_network(c: Child):

@@ -24,3 +24,19 @@ def test_gradients_are_clipped_before_the_coupled_weight_decay():
     out = optim.prepare_gradients(g, w, cfg)
     np.testing.assert_allclose(out[0], [0.6 + 1.0, 0.0], rtol=1e-6)
     np.testing.assert_allclose(out[1], [0.8], rtol=1e-6)
+
+
+def test_fused_sgd_takes_kerass_sgd_steps():
+    """One fused op per variable, the same momentum update as keras.optimizers.SGD (slots included)."""
+    import keras
+    start = [np.array([[1.0, -2.0], [0.5, 3.0]], np.float32), np.array([0.25, -1.0], np.float32)]
+    runs = []
+    for cls in (keras.optimizers.SGD, optim.FusedSGD):
+        opt = cls(learning_rate=0.1, momentum=0.9)
+        variables = [keras.Variable(v) for v in start]
+        for step in range(3):
+            grads = [tf.constant(v * (step + 1) - 0.5) for v in start]
+            opt.apply_gradients(zip(grads, variables))
+        runs.append([v.numpy() for v in variables] + [m.numpy() for m in opt.momentums])
+    for a, b in zip(*runs):
+        np.testing.assert_allclose(a, b, rtol=1e-6)

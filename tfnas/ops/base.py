@@ -107,9 +107,10 @@ class BatchNorm:
             y, mean, var, *_ = tf.raw_ops.FusedBatchNormV3(
                 x=x, scale=scale, offset=offset, mean=self.moving_mean.value, variance=self.moving_var.value,
                 epsilon=BN_EPSILON, exponential_avg_factor=BN_MOMENTUM, data_format="NHWC", is_training=True)
-            # The op returns the updated moving averages when exponential_avg_factor != 1.
-            self.moving_mean.assign(tf.stop_gradient(mean))
-            self.moving_var.assign(tf.stop_gradient(var))
+            # The op returns the updated moving averages when exponential_avg_factor != 1 (no gradient
+            # flows into an assignment, so no stop_gradient is needed).
+            self.moving_mean.assign(mean)
+            self.moving_var.assign(var)
             return y
         y, *_ = tf.raw_ops.FusedBatchNormV3(
             x=x, scale=scale, offset=offset, mean=self.moving_mean.value, variance=self.moving_var.value,
@@ -141,12 +142,20 @@ def depthwise(x, w, stride: int, padding: int, dilation: int = 1):
     if dilation == 1:
         if stride == 1:
             return tf.nn.depthwise_conv2d(x, w, [1, 1, 1, 1], "SAME")
-        return tf.nn.depthwise_conv2d(x, w, [1, stride, stride, 1],
-                                      [[0, 0], [padding, padding], [padding, padding], [0, 0]])
+        # Padded first: with explicit padding TF falls back from the oneDNN kernels (2-6x slower here).
+        x = tf.pad(x, [[0, 0], [padding, padding], [padding, padding], [0, 0]])
+        return tf.nn.depthwise_conv2d(x, w, [1, stride, stride, 1], "VALID")
     if stride == 1:
         return tf.nn.depthwise_conv2d(x, w, [1, 1, 1, 1], "SAME", dilations=[dilation, dilation])
     if dilation != stride or padding % stride:
         raise ValueError("strided dilated depthwise conv needs dilation == stride and padding % stride == 0")
     half = padding // stride
-    return tf.nn.depthwise_conv2d(x[:, ::stride, ::stride, :], w, [1, 1, 1, 1],
-                                  [[0, 0], [half, half], [half, half], [0, 0]])
+    same = half == (w.shape[0] - 1) // 2  # always, for pad_amount's padding: odd kernel, stride 1
+    return tf.nn.depthwise_conv2d(subsample(x, stride), w, [1, 1, 1, 1],
+                                  "SAME" if same else [[0, 0], [half, half], [half, half], [0, 0]])
+
+
+def subsample(x, stride: int):
+    """x[:, ::stride, ::stride, :] as a 1x1 average pool: the same values, and a gradient about 6x faster
+    on CPU than StridedSlice's (measured: 1.5 ms against 9.2 ms at 32x32x32x32)."""
+    return tf.nn.avg_pool2d(x, 1, stride, "VALID")

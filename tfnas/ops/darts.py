@@ -124,7 +124,7 @@ class FactorizedReduce(OpLayer):
 
     def call(self, x, training=False):
         x = tf.nn.relu(x)
-        shifted = x[:, 1:, 1:, :]
+        shifted = tf.slice(x, [0, 1, 1, 0], [-1, -1, -1, -1])  # not x[:, 1:, 1:]: Slice's gradient is a fast Pad
         h, w = x.shape[1], x.shape[2]
         if h % 2 or w % 2:
             shifted = tf.pad(shifted, [[0, 0], [0, h % 2], [0, w % 2], [0, 0]])
@@ -203,7 +203,12 @@ class Pool(OpLayer):
     def call(self, x, training=False):
         s = self.stride
         if self.kind == "max":
-            return tf.nn.max_pool2d(x, 3, s, "SAME" if s == 1 else [[0, 0], [1, 1], [1, 1], [0, 0]])
+            if s == 1:
+                return tf.nn.max_pool2d(x, 3, 1, "SAME")
+            # Padded with -inf first (every window holds a real pixel): explicit padding would leave the
+            # oneDNN kernels.
+            return tf.nn.max_pool2d(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], constant_values=-np.inf), 3, 2,
+                                    "VALID")
         if s == 1:
             return tf.nn.avg_pool2d(x, 3, 1, "SAME")  # SAME averages over real pixels only
         h, w = x.shape[1], x.shape[2]

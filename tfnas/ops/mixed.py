@@ -44,23 +44,25 @@ class MixedOp(OpLayer):
     def call(self, x, weights=None, training=False):
         """`weights`: [copies, candidates] softmax rows, one per edge. Returns the `copies` edge outputs."""
         k = self.copies
-        columns = tf.unstack(weights, axis=-1) if k > 1 else tf.unstack(tf.reshape(weights, [-1]))
+        if k == 1:
+            columns = tf.unstack(tf.reshape(weights, [-1]))
+        else:  # per candidate, each edge's weight repeated over its channels: [k * channels]
+            channels = self.desc.out_channels or self.desc.in_channels
+            columns = tf.unstack(tf.repeat(tf.transpose(weights), channels, axis=1))
         terms = []
         for column, layer, bn in self.branches:
             y = layer(x, training=training)
             if bn is not None:
                 y = bn(y, training)
-            if k > 1:  # [n, h, w, copy, channels]; one copy broadcasts to all k edges
-                y = tf.reshape(y, [-1, y.shape[1], y.shape[2], layer.out_copies, y.shape[3] // layer.out_copies])
-                terms.append(y * tf.reshape(columns[column], [k, 1]))
-            else:
-                terms.append(columns[column] * y)
+            if k > 1 and layer.out_copies == 1:
+                y = tf.tile(y, [1, 1, 1, k])  # one output for all k edges
+            # A per-channel vector on the last axis: TF's fast broadcasting path, forward and backward.
+            terms.append(columns[column] * y)
         if not terms:  # only `none` candidates
             s = self.stride
-            zeros = tf.zeros_like(x if s == 1 else x[:, ::s, ::s, :])
-            return [zeros] * k
+            return [tf.zeros_like(x if s == 1 else x[:, ::s, ::s, :])] * k
         out = tf.add_n(terms) if len(terms) > 1 else terms[0]
-        return tf.unstack(out, axis=3) if k > 1 else [out]
+        return tf.split(out, k, axis=-1) if k > 1 else [out]
 
     def macs(self, h, w):
         return sum(layer.macs(h, w) for _, layer, _ in self.branches)

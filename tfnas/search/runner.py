@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfnas import checkpoints, compiler, config as config_lib, data as data_lib, descriptors, macro
+from tfnas import checkpoints, compiler, config as config_lib, data as data_lib, descriptors, macro, runtime
 from tfnas.errors import UserError
 from tfnas.proto import config_pb2
 from tfnas.proto import descriptors_pb2 as pb
@@ -100,10 +100,11 @@ def search(config: config_pb2.ExperimentConfig, out_dir: str | pathlib.Path, ver
                                            weight_opt=weight_opt, alpha_opt=alpha_opt,
                                            metrics=checkpoints.metric_variables(searcher.trackers))
     monitor = SearchMonitor(out, net, supernet, s.darts.edges_per_node)
-    logs = run_loop(lambda *b: step(*b), [train_stream, val_stream], s.trainer.epochs, steps, loop_ckpt,
-                    searcher.reset_trackers, callbacks=[monitor],
-                    checkpoint_every_steps=s.trainer.checkpoint_every_steps, verbose=verbose,
-                    stop_after_steps=stop_after_steps)
+    with runtime.search_graph_options():
+        logs = run_loop(lambda *b: step(*b), [train_stream, val_stream], s.trainer.epochs, steps, loop_ckpt,
+                        searcher.reset_trackers, callbacks=[monitor],
+                        checkpoint_every_steps=s.trainer.checkpoint_every_steps, verbose=verbose,
+                        stop_after_steps=stop_after_steps)
     alphas = {g: v.numpy() for g, v in net.alpha_vars.items()}
     trained = pb.ModelDesc()
     trained.CopyFrom(supernet)

@@ -40,12 +40,28 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
                     steps_per_epoch=self.steps_per_epoch, cosine=self.cosine)
 
 
+class FusedSGD(keras.optimizers.SGD):
+    """Keras's SGD with momentum (the same update, variables and slots), each variable updated by one
+    fused TF op instead of about eight: a DARTS supernet has hundreds of weight tensors, and every op
+    costs trace time and per-step overhead."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.momentum == 0 or self.nesterov:
+            return super().update_step(gradient, variable, learning_rate)
+        m = self.momentums[self._get_variable_index(variable)]
+        # accum = momentum * accum - lr * grad; var += accum (keras.optimizers.SGD, nesterov=False)
+        tf.raw_ops.ResourceApplyKerasMomentum(
+            var=variable.handle, accum=m.handle, lr=tf.cast(learning_rate, variable.dtype),
+            grad=tf.cast(gradient, variable.dtype), momentum=tf.cast(self.momentum, variable.dtype),
+            use_locking=False, use_nesterov=False)
+
+
 def make_optimizer(cfg: config_pb2.OptimizerConfig, epochs: int, steps_per_epoch: int,
                    name: str) -> keras.optimizers.Optimizer:
     lr = EpochSchedule(cfg.learning_rate, cfg.min_learning_rate, epochs, steps_per_epoch,
                        cosine=cfg.schedule == config_pb2.COSINE)
     if cfg.kind == Kind.SGD:
-        return keras.optimizers.SGD(learning_rate=lr, momentum=cfg.momentum, name=name)
+        return FusedSGD(learning_rate=lr, momentum=cfg.momentum, name=name)
     if cfg.kind == Kind.ADAM:
         # PyTorch's Adam epsilon (1e-8), not Keras's 1e-7.
         return keras.optimizers.Adam(learning_rate=lr, beta_1=cfg.beta_1, beta_2=cfg.beta_2, epsilon=1e-8,
