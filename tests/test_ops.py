@@ -160,3 +160,16 @@ def test_batchnorm_updates_moving_statistics_only_in_training():
 def test_unknown_op_is_a_clear_error():
     with pytest.raises(ops.OpError, match="unknown operation 'conv_9x9'"):
         ops.create(pb.OpDesc(name="conv_9x9"), EVAL_OPTIONS)
+
+
+def test_pointwise_without_grouped_conv_kernels_computes_the_same(monkeypatch):
+    """Where TF has no grouped conv kernel (CPU without oneDNN) the groups run as separate convs."""
+    from tfnas.ops import base
+    x, w = tf.random.normal([2, 5, 5, 3 * C]), tf.random.normal([1, 1, C, 3 * 4])
+    expected = tf.concat([tf.nn.conv2d(x[..., g * C:(g + 1) * C], w[..., g * 4:(g + 1) * 4], 1, "VALID")
+                          for g in range(3)], -1)
+    monkeypatch.setattr(base, "_GROUPED_CONV", [False])
+    np.testing.assert_allclose(base.pointwise(x, w), expected, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(base, "_GROUPED_CONV", [])
+    if base.grouped_conv_supported():  # oneDNN (this project's default on CPU): one grouped conv
+        np.testing.assert_allclose(base.pointwise(x, w), expected, rtol=1e-5, atol=1e-5)

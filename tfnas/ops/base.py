@@ -53,6 +53,8 @@ class OpLayer(keras.layers.Layer):
             raise ValueError(f"operation {desc.id or desc.name}: {desc.name} cannot be built as {copies} copies")
         self.copies = copies
         self.out_copies = copies
+        if copies > 1:
+            grouped_conv_supported()  # decided now, eagerly, not while a step is traced
 
     def finish_build(self) -> None:
         self.built = True
@@ -129,6 +131,38 @@ def conv2d(x, w, stride: int = 1, padding: int = 0):
     if stride == 1:
         return tf.nn.conv2d(x, w, 1, "SAME")  # odd kernel, stride 1: SAME is the symmetric padding
     return tf.nn.conv2d(x, w, stride, [[0, 0], [padding, padding], [padding, padding], [0, 0]])
+
+
+def pointwise(x, w):
+    """1x1 conv; grouped when x has more channels than w's input depth (k copies of a layer, see OpLayer).
+
+    TF runs grouped convolutions with oneDNN on CPU (and on GPU/TPU), but its plain Eigen CPU kernels do
+    not; there (TF_ENABLE_ONEDNN_OPTS=0) the groups run as separate convs, the same arithmetic."""
+    groups = x.shape[-1] // w.shape[2]
+    if groups == 1 or grouped_conv_supported():
+        return tf.nn.conv2d(x, w, 1, "VALID")
+    return tf.concat([tf.nn.conv2d(xg, wg, 1, "VALID")
+                      for xg, wg in zip(tf.split(x, groups, -1), tf.split(w, groups, -1))], -1)
+
+
+_GROUPED_CONV: list = []
+
+
+def grouped_conv_supported() -> bool:
+    """Whether this TensorFlow runs a grouped conv and its gradients: tried once, eagerly, on one pixel,
+    when the first layer with copies is built (layers are built eagerly)."""
+    if not _GROUPED_CONV:
+        try:
+            x, w = tf.ones([1, 1, 1, 2]), tf.ones([1, 1, 1, 2])
+            with tf.GradientTape() as tape:
+                tape.watch([x, w])
+                y = tf.nn.conv2d(x, w, 1, "VALID")
+            for grad in tape.gradient(y, [x, w]):
+                grad.numpy()
+            _GROUPED_CONV.append(True)
+        except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
+            _GROUPED_CONV.append(False)
+    return _GROUPED_CONV[0]
 
 
 def depthwise(x, w, stride: int, padding: int, dilation: int = 1):

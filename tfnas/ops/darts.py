@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tfnas.ops.base import BatchNorm, OpLayer, conv2d, depthwise, pad_amount
+from tfnas.ops.base import BatchNorm, OpLayer, conv2d, depthwise, pad_amount, pointwise
 from tfnas.ops.registry import register
 
 # Candidate operations of DARTS, in the order of the reference code (the alpha column order).
@@ -63,9 +63,9 @@ class SepConv(OpLayer):
 
     def call(self, x, training=False):
         x = depthwise(self.spread(tf.nn.relu(x)), self.dw1, self.stride, self.padding)
-        x = self.bn1(tf.nn.conv2d(x, self.pw1, 1, "VALID"), training)
+        x = self.bn1(pointwise(x, self.pw1), training)
         x = depthwise(tf.nn.relu(x), self.dw2, 1, self.padding)
-        return self.bn2(tf.nn.conv2d(x, self.pw2, 1, "VALID"), training)
+        return self.bn2(pointwise(x, self.pw2), training)
 
     def macs(self, h, w):
         oh, ow = self.out_size(h, w)
@@ -91,7 +91,7 @@ class DilConv(OpLayer):
 
     def call(self, x, training=False):
         x = depthwise(self.spread(tf.nn.relu(x)), self.dw, self.stride, self.padding, self.DILATION)
-        return self.bn(tf.nn.conv2d(x, self.pw, 1, "VALID"), training)
+        return self.bn(pointwise(x, self.pw), training)
 
     def macs(self, h, w):
         oh, ow = self.out_size(h, w)
