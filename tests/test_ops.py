@@ -173,3 +173,19 @@ def test_pointwise_without_grouped_conv_kernels_computes_the_same(monkeypatch):
     monkeypatch.setattr(base, "_GROUPED_CONV", [])
     if base.grouped_conv_supported():  # oneDNN (this project's default on CPU): one grouped conv
         np.testing.assert_allclose(base.pointwise(x, w), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+@pytest.mark.parametrize("size", [7, 8])
+def test_dilated_depthwise_equals_tf_nn(kernel, size):
+    """The space-to-batch dilated conv (raw ops) is tf.nn.depthwise_conv2d's, values and gradients."""
+    from tfnas.ops import base
+    x, w = tf.random.normal([2, size, size + 1, C]), tf.random.normal([kernel, kernel, C, 1])
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([x, w])
+        ours = base.depthwise(x, w, 1, base.pad_amount(kernel, 2), 2)
+        ref = tf.nn.depthwise_conv2d(x, w, [1, 1, 1, 1], "SAME", dilations=[2, 2])
+        loss_ours, loss_ref = tf.reduce_sum(tf.sin(ours)), tf.reduce_sum(tf.sin(ref))
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(tape.gradient(loss_ours, [x, w]), tape.gradient(loss_ref, [x, w])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

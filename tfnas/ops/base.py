@@ -8,6 +8,7 @@ are created in `__init__` from the descriptor's channels, so a model is built wi
 from __future__ import annotations
 
 import math
+import weakref
 
 import keras
 import tensorflow as tf
@@ -103,16 +104,16 @@ class BatchNorm:
         if self.affine:
             scale, offset = self.gamma.value, self.beta.value
         else:
-            scale = tf.ones([self.channels], x.dtype)
-            offset = tf.zeros([self.channels], x.dtype)
+            scale, offset = _unit_scale_offset(self.channels, x.dtype)
         if training:
             y, mean, var, *_ = tf.raw_ops.FusedBatchNormV3(
                 x=x, scale=scale, offset=offset, mean=self.moving_mean.value, variance=self.moving_var.value,
                 epsilon=BN_EPSILON, exponential_avg_factor=BN_MOMENTUM, data_format="NHWC", is_training=True)
-            # The op returns the updated moving averages when exponential_avg_factor != 1 (no gradient
-            # flows into an assignment, so no stop_gradient is needed).
-            self.moving_mean.assign(mean)
-            self.moving_var.assign(var)
+            # The op returns the updated moving averages when exponential_avg_factor != 1. Raw assignments:
+            # Keras's `assign` costs milliseconds of Python per call while a step is traced, and no
+            # gradient flows into an assignment.
+            tf.raw_ops.AssignVariableOp(resource=self.moving_mean.handle, value=mean)
+            tf.raw_ops.AssignVariableOp(resource=self.moving_var.handle, value=var)
             return y
         y, *_ = tf.raw_ops.FusedBatchNormV3(
             x=x, scale=scale, offset=offset, mean=self.moving_mean.value, variance=self.moving_var.value,
@@ -120,17 +121,44 @@ class BatchNorm:
         return y
 
 
+_UNIT = weakref.WeakKeyDictionary()  # graph -> {(channels, dtype): (ones, zeros)}
+
+
+def _unit_scale_offset(channels: int, dtype):
+    """Scale 1 and offset 0 of a non-affine BatchNorm, made once per graph rather than once per call (a
+    search step has hundreds of BatchNorm calls; each constant is an op to trace)."""
+    cache = _UNIT.setdefault(tf.compat.v1.get_default_graph(), {})
+    key = (channels, dtype)
+    if key not in cache:
+        cache[key] = (tf.ones([channels], dtype), tf.zeros([channels], dtype))
+    return cache[key]
+
+
 def pad_amount(kernel: int, dilation: int = 1) -> int:
     """Symmetric padding of the DARTS code: a stride-1 op keeps the size, a stride-2 op gives ceil(n/2)."""
     return dilation * (kernel - 1) // 2
 
 
+# The convolutions below call the raw TF ops: the tf.nn wrappers cost a few milliseconds of Python each
+# while a step is traced, and a DARTS search step has hundreds of them.
+
+def _conv(x, w, stride: int, padding: str = "VALID", explicit: int = 0):
+    pads = [0, 0, explicit, explicit, explicit, explicit, 0, 0] if padding == "EXPLICIT" else []
+    return tf.raw_ops.Conv2D(input=x, filter=w, strides=[1, stride, stride, 1], padding=padding,
+                             explicit_paddings=pads, data_format="NHWC")
+
+
+def _depthwise(x, w, stride: int, padding: str):
+    return tf.raw_ops.DepthwiseConv2dNative(input=x, filter=w, strides=[1, stride, stride, 1], padding=padding,
+                                            data_format="NHWC")
+
+
 def conv2d(x, w, stride: int = 1, padding: int = 0):
     if padding == 0:
-        return tf.nn.conv2d(x, w, stride, "VALID")
+        return _conv(x, w, stride)
     if stride == 1:
-        return tf.nn.conv2d(x, w, 1, "SAME")  # odd kernel, stride 1: SAME is the symmetric padding
-    return tf.nn.conv2d(x, w, stride, [[0, 0], [padding, padding], [padding, padding], [0, 0]])
+        return _conv(x, w, 1, "SAME")  # odd kernel, stride 1: SAME is the symmetric padding
+    return _conv(x, w, stride, "EXPLICIT", padding)
 
 
 def pointwise(x, w):
@@ -140,8 +168,8 @@ def pointwise(x, w):
     not; there (TF_ENABLE_ONEDNN_OPTS=0) the groups run as separate convs, the same arithmetic."""
     groups = x.shape[-1] // w.shape[2]
     if groups == 1 or grouped_conv_supported():
-        return tf.nn.conv2d(x, w, 1, "VALID")
-    return tf.concat([tf.nn.conv2d(xg, wg, 1, "VALID")
+        return _conv(x, w, 1)
+    return tf.concat([_conv(xg, wg, 1)
                       for xg, wg in zip(tf.split(x, groups, -1), tf.split(w, groups, -1))], -1)
 
 
@@ -168,25 +196,29 @@ def grouped_conv_supported() -> bool:
 def depthwise(x, w, stride: int, padding: int, dilation: int = 1):
     """Depthwise conv with PyTorch-style symmetric padding, native strides and exact gradients.
 
-    TF's native dilated depthwise kernel has no dilated backward pass, so dilation goes through
-    tf.nn.depthwise_conv2d (space-to-batch). A dilation-2, stride-2 conv reads only even rows and
-    columns, so it equals an undilated stride-1 conv on the even-indexed pixels with half the padding:
-    4x less work than a dilated conv followed by subsampling.
+    TF's native dilated depthwise kernel has no dilated backward pass, so a dilated conv is an undilated
+    one between space-to-batch and batch-to-space (what tf.nn.depthwise_conv2d does, without its Python).
+    A dilation-2, stride-2 conv reads only even rows and columns, so it equals an undilated stride-1 conv
+    on the even-indexed pixels with half the padding: 4x less work than a dilated conv then subsampling.
+    Inputs are padded before a strided conv: with explicit padding TF leaves the oneDNN kernels (2-6x
+    slower here).
     """
     if dilation == 1:
         if stride == 1:
-            return tf.nn.depthwise_conv2d(x, w, [1, 1, 1, 1], "SAME")
-        # Padded first: with explicit padding TF falls back from the oneDNN kernels (2-6x slower here).
-        x = tf.pad(x, [[0, 0], [padding, padding], [padding, padding], [0, 0]])
-        return tf.nn.depthwise_conv2d(x, w, [1, stride, stride, 1], "VALID")
+            return _depthwise(x, w, 1, "SAME")
+        return _depthwise(tf.pad(x, [[0, 0], [padding, padding], [padding, padding], [0, 0]]), w, stride, "VALID")
     if stride == 1:
-        return tf.nn.depthwise_conv2d(x, w, [1, 1, 1, 1], "SAME", dilations=[dilation, dilation])
+        # Padded so that both sides divide by the dilation; the extra rows/columns are cropped again.
+        extra = [(-(n + 2 * padding)) % dilation for n in (x.shape[1], x.shape[2])]
+        y = tf.space_to_batch_nd(x, [dilation, dilation], [[padding, padding + e] for e in extra])
+        return tf.batch_to_space(_depthwise(y, w, 1, "VALID"), [dilation, dilation], [[0, e] for e in extra])
     if dilation != stride or padding % stride:
         raise ValueError("strided dilated depthwise conv needs dilation == stride and padding % stride == 0")
     half = padding // stride
-    same = half == (w.shape[0] - 1) // 2  # always, for pad_amount's padding: odd kernel, stride 1
-    return tf.nn.depthwise_conv2d(subsample(x, stride), w, [1, 1, 1, 1],
-                                  "SAME" if same else [[0, 0], [half, half], [half, half], [0, 0]])
+    x = subsample(x, stride)
+    if half == (w.shape[0] - 1) // 2:  # always, for pad_amount's padding: odd kernel, stride 1
+        return _depthwise(x, w, 1, "SAME")
+    return _depthwise(tf.pad(x, [[0, 0], [half, half], [half, half], [0, 0]]), w, 1, "VALID")
 
 
 def subsample(x, stride: int):

@@ -128,7 +128,7 @@ class FactorizedReduce(OpLayer):
         h, w = x.shape[1], x.shape[2]
         if h % 2 or w % 2:
             shifted = tf.pad(shifted, [[0, 0], [0, h % 2], [0, w % 2], [0, 0]])
-        halves = [tf.nn.conv2d(x, self.w1, 2, "VALID"), tf.nn.conv2d(shifted, self.w2, 2, "VALID")]
+        halves = [conv2d(x, self.w1, 2), conv2d(shifted, self.w2, 2)]
         if self.copies == 1:
             return self.bn(tf.concat(halves, -1), training)
         oh, ow, k = halves[0].shape[1], halves[0].shape[2], self.copies

@@ -74,7 +74,8 @@ def prepare_gradients(grads: list, variables: list, cfg: config_pb2.OptimizerCon
     if cfg.gradient_clip_norm > 0:
         grads, _ = tf.clip_by_global_norm(grads, cfg.gradient_clip_norm)
     if cfg.weight_decay > 0:
-        grads = [g + cfg.weight_decay * v for g, v in zip(grads, variables)]
+        # On the tf.Variable inside each Keras variable: its operators trace several times faster.
+        grads = [g + cfg.weight_decay * getattr(v, "value", v) for g, v in zip(grads, variables)]
     return grads
 
 
