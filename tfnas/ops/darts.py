@@ -48,6 +48,7 @@ class SepConv(OpLayer):
     """
 
     supports_copies = True
+    reads_relu = True
 
     def __init__(self, desc, options, kernel_size: int, **kw):
         super().__init__(desc, options, **kw)
@@ -61,8 +62,8 @@ class SepConv(OpLayer):
         self.bn2 = BatchNorm(self, "bn2", k * c_out, options.affine)
         self.finish_build()
 
-    def call(self, x, training=False):
-        x = depthwise(self.spread(tf.nn.relu(x)), self.dw1, self.stride, self.padding)
+    def call(self, x, training=False, shared=None):
+        x = depthwise(self.relu_input(x, shared, spread=True), self.dw1, self.stride, self.padding)
         x = self.bn1(pointwise(x, self.pw1), training)
         x = depthwise(tf.nn.relu(x), self.dw2, 1, self.padding)
         return self.bn2(pointwise(x, self.pw2), training)
@@ -79,6 +80,7 @@ class DilConv(OpLayer):
 
     DILATION = 2
     supports_copies = True  # as SepConv
+    reads_relu = True
 
     def __init__(self, desc, options, kernel_size: int, **kw):
         super().__init__(desc, options, **kw)
@@ -89,8 +91,8 @@ class DilConv(OpLayer):
         self.bn = BatchNorm(self, "bn", k * c_out, options.affine)
         self.finish_build()
 
-    def call(self, x, training=False):
-        x = depthwise(self.spread(tf.nn.relu(x)), self.dw, self.stride, self.padding, self.DILATION)
+    def call(self, x, training=False, shared=None):
+        x = depthwise(self.relu_input(x, shared, spread=True), self.dw, self.stride, self.padding, self.DILATION)
         return self.bn(pointwise(x, self.pw), training)
 
     def macs(self, h, w):
@@ -109,6 +111,7 @@ class FactorizedReduce(OpLayer):
     """
 
     supports_copies = True
+    reads_relu = True
 
     def __init__(self, desc, options, **kw):
         super().__init__(desc, options, **kw)
@@ -122,8 +125,8 @@ class FactorizedReduce(OpLayer):
         self.bn = BatchNorm(self, "bn", k * c_out, options.affine)
         self.finish_build()
 
-    def call(self, x, training=False):
-        x = tf.nn.relu(x)
+    def call(self, x, training=False, shared=None):
+        x = self.relu_input(x, shared, spread=False)
         shifted = tf.slice(x, [0, 1, 1, 0], [-1, -1, -1, -1])  # not x[:, 1:, 1:]: Slice's gradient is a fast Pad
         h, w = x.shape[1], x.shape[2]
         if h % 2 or w % 2:
@@ -156,6 +159,7 @@ class SkipConnect(OpLayer):
             child.id = f"{desc.id}.fr" if desc.id else ""
             child.out_channels = desc.out_channels or desc.in_channels
             self.reduce = FactorizedReduce(child, options, copies=self.copies)
+            self.reads_relu = True
         else:
             self.out_copies = 1  # the identity is the same for every copy
         self.finish_build()
@@ -164,8 +168,8 @@ class SkipConnect(OpLayer):
     def is_identity(self) -> bool:
         return self.reduce is None
 
-    def call(self, x, training=False):
-        return x if self.reduce is None else self.reduce(x, training=training)
+    def call(self, x, training=False, shared=None):
+        return x if self.reduce is None else self.reduce(x, training=training, shared=shared)
 
     def macs(self, h, w):
         return 0 if self.reduce is None else self.reduce.macs(h, w)

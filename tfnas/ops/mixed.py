@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfnas.ops.base import BatchNorm, OpLayer
+from tfnas.ops.base import BatchNorm, OpLayer, SharedInputs
 from tfnas.ops.registry import create, register
 
 
@@ -49,9 +49,9 @@ class MixedOp(OpLayer):
         else:  # per candidate, each edge's weight repeated over its channels: [k * channels]
             channels = self.desc.out_channels or self.desc.in_channels
             columns = tf.unstack(tf.repeat(tf.transpose(weights), channels, axis=1))
-        terms = []
+        terms, shared = [], SharedInputs()
         for column, layer, bn in self.branches:
-            y = layer(x, training=training)
+            y = layer(x, training=training, shared=shared) if layer.reads_relu else layer(x, training=training)
             if bn is not None:
                 y = bn(y, training)
             if k > 1 and layer.out_copies == 1:
