@@ -189,3 +189,34 @@ def test_dilated_depthwise_equals_tf_nn(kernel, size):
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
     for a, b in zip(tape.gradient(loss_ours, [x, w]), tape.gradient(loss_ref, [x, w])):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("stride,copies", [(1, 1), (2, 3)])
+def test_mixed_op_is_the_softmax_weighted_sum_of_its_candidates(stride, copies):
+    """The weights folded into the candidates' last BatchNorm give exactly sum_c w_c * op_c(x), per edge,
+    alpha gradients included."""
+    desc = pb.OpDesc(name="mixed", id="m", stride=stride, in_channels=C, out_channels=C)
+    for n in CANDIDATES:
+        desc.candidates.add(name=n, id=f"m.{n}", stride=stride, in_channels=C, out_channels=C)
+    mixed = ops.create(desc, SEARCH_OPTIONS, copies=copies)
+    x = tf.random.normal([4, 7, 7, C])
+    alphas = tf.Variable(tf.random.normal([copies, len(CANDIDATES)]))
+    with tf.GradientTape(persistent=True) as tape:
+        w = tf.nn.softmax(alphas)
+        ys = mixed(x, weights=w, training=True)
+        loss = tf.add_n([tf.reduce_sum(tf.sin(y)) for y in ys])
+        expected = []
+        for e in range(copies):
+            total = 0.0
+            for column, layer, bn in mixed.branches:
+                out = layer(x, training=True)
+                if bn is not None:
+                    out = bn(out, True)
+                n = layer.out_copies
+                total += w[e, column] * (out[..., e * C:(e + 1) * C] if n > 1 else out)
+            expected.append(total)
+        loss_ref = tf.add_n([tf.reduce_sum(tf.sin(y)) for y in expected])
+    assert len(ys) == copies
+    for y, ref in zip(ys, expected):
+        np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(tape.gradient(loss, alphas), tape.gradient(loss_ref, alphas), rtol=1e-3, atol=1e-5)

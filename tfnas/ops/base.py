@@ -73,6 +73,8 @@ class OpLayer(keras.layers.Layer):
     # candidates reading one input compute relu(x) (and its copies) once. Grappler would merge the
     # duplicates, but the search step runs without it (tfnas/runtime.py), and fewer ops trace faster.
     reads_relu = False
+    # Ops whose output is a BatchNorm's take `weight=` (a per-channel factor) and fold it into that BN.
+    folds_weight = False
 
     def relu_input(self, x, shared: "SharedInputs | None", spread: bool):
         key = ("relu", self.copies if spread else 1)
@@ -118,11 +120,18 @@ class BatchNorm:
         self.moving_var = owner.add_weight(name=f"{name}_var", shape=(channels,), initializer="ones",
                                            trainable=False)
 
-    def __call__(self, x, training: bool):
+    def __call__(self, x, training: bool, weight=None):
+        """`weight`: a per-channel factor for the output (a mixed op's softmax weight), folded into the
+        fused op's scale and offset: no separate multiply, and the op's own scale gradient is the
+        weight's (forward and backward, that multiply was the largest element-wise cost of a step)."""
         if self.affine:
             scale, offset = self.gamma.value, self.beta.value
+            if weight is not None:
+                scale, offset = scale * weight, offset * weight
         else:
             scale, offset = _unit_scale_offset(self.channels, x.dtype)
+            if weight is not None:
+                scale = weight
         if training:
             y, mean, var, *_ = tf.raw_ops.FusedBatchNormV3(
                 x=x, scale=scale, offset=offset, mean=self.moving_mean.value, variance=self.moving_var.value,

@@ -48,7 +48,7 @@ class SepConv(OpLayer):
     """
 
     supports_copies = True
-    reads_relu = True
+    reads_relu = folds_weight = True
 
     def __init__(self, desc, options, kernel_size: int, **kw):
         super().__init__(desc, options, **kw)
@@ -62,11 +62,11 @@ class SepConv(OpLayer):
         self.bn2 = BatchNorm(self, "bn2", k * c_out, options.affine)
         self.finish_build()
 
-    def call(self, x, training=False, shared=None):
+    def call(self, x, training=False, shared=None, weight=None):
         x = depthwise(self.relu_input(x, shared, spread=True), self.dw1, self.stride, self.padding)
         x = self.bn1(pointwise(x, self.pw1), training)
         x = depthwise(tf.nn.relu(x), self.dw2, 1, self.padding)
-        return self.bn2(pointwise(x, self.pw2), training)
+        return self.bn2(pointwise(x, self.pw2), training, weight)
 
     def macs(self, h, w):
         oh, ow = self.out_size(h, w)
@@ -80,7 +80,7 @@ class DilConv(OpLayer):
 
     DILATION = 2
     supports_copies = True  # as SepConv
-    reads_relu = True
+    reads_relu = folds_weight = True
 
     def __init__(self, desc, options, kernel_size: int, **kw):
         super().__init__(desc, options, **kw)
@@ -91,9 +91,9 @@ class DilConv(OpLayer):
         self.bn = BatchNorm(self, "bn", k * c_out, options.affine)
         self.finish_build()
 
-    def call(self, x, training=False, shared=None):
+    def call(self, x, training=False, shared=None, weight=None):
         x = depthwise(self.relu_input(x, shared, spread=True), self.dw, self.stride, self.padding, self.DILATION)
-        return self.bn(pointwise(x, self.pw), training)
+        return self.bn(pointwise(x, self.pw), training, weight)
 
     def macs(self, h, w):
         oh, ow = self.out_size(h, w)
@@ -111,7 +111,7 @@ class FactorizedReduce(OpLayer):
     """
 
     supports_copies = True
-    reads_relu = True
+    reads_relu = folds_weight = True
 
     def __init__(self, desc, options, **kw):
         super().__init__(desc, options, **kw)
@@ -125,7 +125,7 @@ class FactorizedReduce(OpLayer):
         self.bn = BatchNorm(self, "bn", k * c_out, options.affine)
         self.finish_build()
 
-    def call(self, x, training=False, shared=None):
+    def call(self, x, training=False, shared=None, weight=None):
         x = self.relu_input(x, shared, spread=False)
         shifted = tf.slice(x, [0, 1, 1, 0], [-1, -1, -1, -1])  # not x[:, 1:, 1:]: Slice's gradient is a fast Pad
         h, w = x.shape[1], x.shape[2]
@@ -133,10 +133,10 @@ class FactorizedReduce(OpLayer):
             shifted = tf.pad(shifted, [[0, 0], [0, h % 2], [0, w % 2], [0, 0]])
         halves = [conv2d(x, self.w1, 2), conv2d(shifted, self.w2, 2)]
         if self.copies == 1:
-            return self.bn(tf.concat(halves, -1), training)
+            return self.bn(tf.concat(halves, -1), training, weight)
         oh, ow, k = halves[0].shape[1], halves[0].shape[2], self.copies
         y = tf.concat([tf.reshape(half, [-1, oh, ow, k, half.shape[-1] // k]) for half in halves], -1)
-        return self.bn(tf.reshape(y, [-1, oh, ow, k * y.shape[-1]]), training)  # copy-major channels
+        return self.bn(tf.reshape(y, [-1, oh, ow, k * y.shape[-1]]), training, weight)  # copy-major channels
 
     def macs(self, h, w):
         oh, ow = self.out_size(h, w)
@@ -159,7 +159,7 @@ class SkipConnect(OpLayer):
             child.id = f"{desc.id}.fr" if desc.id else ""
             child.out_channels = desc.out_channels or desc.in_channels
             self.reduce = FactorizedReduce(child, options, copies=self.copies)
-            self.reads_relu = True
+            self.reads_relu = self.folds_weight = True
         else:
             self.out_copies = 1  # the identity is the same for every copy
         self.finish_build()
@@ -168,8 +168,8 @@ class SkipConnect(OpLayer):
     def is_identity(self) -> bool:
         return self.reduce is None
 
-    def call(self, x, training=False, shared=None):
-        return x if self.reduce is None else self.reduce(x, training=training, shared=shared)
+    def call(self, x, training=False, shared=None, weight=None):
+        return x if self.reduce is None else self.reduce(x, training=training, shared=shared, weight=weight)
 
     def macs(self, h, w):
         return 0 if self.reduce is None else self.reduce.macs(h, w)

@@ -44,14 +44,16 @@ class MixedOp(OpLayer):
     def call(self, x, weights=None, training=False):
         """`weights`: [copies, candidates] softmax rows, one per edge. Returns the `copies` edge outputs."""
         k = self.copies
-        if k == 1:
-            columns = tf.unstack(tf.reshape(weights, [-1]))
-        else:  # per candidate, each edge's weight repeated over its channels: [k * channels]
-            channels = self.desc.out_channels or self.desc.in_channels
-            columns = tf.unstack(tf.repeat(tf.transpose(weights), channels, axis=1))
+        # Per candidate, each edge's weight repeated over its channels: a [k * channels] vector.
+        channels = self.desc.out_channels or self.desc.in_channels
+        columns = tf.unstack(tf.repeat(tf.transpose(tf.reshape(weights, [k, -1])), channels, axis=1))
         terms, shared = [], SharedInputs()
         for column, layer, bn in self.branches:
-            y = layer(x, training=training, shared=shared) if layer.reads_relu else layer(x, training=training)
+            kwargs = {"shared": shared} if layer.reads_relu else {}
+            if layer.folds_weight:  # the candidate's last BatchNorm applies the weight
+                terms.append(layer(x, training=training, weight=columns[column], **kwargs))
+                continue
+            y = layer(x, training=training, **kwargs)
             if bn is not None:
                 y = bn(y, training)
             if k > 1 and layer.out_copies == 1:
