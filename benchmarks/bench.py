@@ -411,7 +411,7 @@ def child_search(c: Child) -> None:
 
     # The search step runs under the graph options `tfnas search` uses (Grappler off, tfnas/runtime.py).
     from tfnas import runtime
-    with runtime.search_graph_options() if search else contextlib.nullcontext():
+    with runtime.training_graph_options() if search else contextlib.nullcontext():
         c.result["grappler"] = not tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)
         trace_and_first_run(c, step, run)
         timed_steps(c, run, c.result["steps"], batch, flops)
@@ -462,9 +462,12 @@ def child_eval_train(c: Child) -> None:
         loss = float(step(x, y)["loss"])  # forces the step to finish
         return f" (loss {loss:.3f})"
 
-    trace_and_first_run(c, step, run)
-    timed_steps(c, run, c.result["steps"], batch,
-                FLOPS_PER_MAC["train"] * c.result["macs_per_image_with_aux"] * batch)
+    from tfnas import runtime
+    with runtime.training_graph_options():  # as `tfnas eval` runs its step
+        c.result["grappler"] = not tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)
+        trace_and_first_run(c, step, run)
+        timed_steps(c, run, c.result["steps"], batch,
+                    FLOPS_PER_MAC["train"] * c.result["macs_per_image_with_aux"] * batch)
 
 
 def child_export(c: Child) -> None:

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfnas import architectures, checkpoints, compiler, data as data_lib, descriptors, genotypes
+from tfnas import architectures, checkpoints, compiler, data as data_lib, descriptors, genotypes, runtime
 from tfnas.descriptors import write_atomic
 from tfnas.errors import UserError
 from tfnas.proto import config_pb2
@@ -191,10 +191,11 @@ def evaluate(config: config_pb2.ExperimentConfig, arch: str | pb.ModelDesc, out_
     loop_ckpt = checkpoints.LoopCheckpoint(out, checkpoints.EVAL, net=checkpoints.named_variables(net),
                                            optimizer=opt, metrics=checkpoints.metric_variables(trainer.trackers))
     monitor = EvalMonitor(out, net, dataset.test, mean, std, e.trainer.batch_size)
-    logs = run_loop(step, [stream], e.trainer.epochs, steps, loop_ckpt, trainer.reset_trackers,
-                    callbacks=[monitor], on_epoch_begin=on_epoch_begin,
-                    checkpoint_every_steps=e.trainer.checkpoint_every_steps, verbose=verbose,
-                    stop_after_steps=stop_after_steps)
+    with runtime.training_graph_options():
+        logs = run_loop(step, [stream], e.trainer.epochs, steps, loop_ckpt, trainer.reset_trackers,
+                        callbacks=[monitor], on_epoch_begin=on_epoch_begin,
+                        checkpoint_every_steps=e.trainer.checkpoint_every_steps, verbose=verbose,
+                        stop_after_steps=stop_after_steps)
     if not loop_ckpt.done:
         return None
     acc, loss = test_accuracy(monitor.logits_of, *dataset.test, e.trainer.batch_size)
