@@ -191,7 +191,7 @@ def evaluate(config: config_pb2.ExperimentConfig, arch: str | pb.ModelDesc, out_
     loop_ckpt = checkpoints.LoopCheckpoint(out, checkpoints.EVAL, net=checkpoints.named_variables(net),
                                            optimizer=opt, metrics=checkpoints.metric_variables(trainer.trackers))
     monitor = EvalMonitor(out, net, dataset.test, mean, std, e.trainer.batch_size)
-    with runtime.training_graph_options():
+    with runtime.training_graph_options(e.trainer.graph_optimizer):
         logs = run_loop(step, [stream], e.trainer.epochs, steps, loop_ckpt, trainer.reset_trackers,
                         callbacks=[monitor], on_epoch_begin=on_epoch_begin,
                         checkpoint_every_steps=e.trainer.checkpoint_every_steps, verbose=verbose,

@@ -6,11 +6,12 @@ both cores: the small search step took 1.08-1.21 s instead of 1.37-1.57 s (3 run
 search step was unchanged (5.81 vs 5.93 s). Override with TFNAS_INTER_OP_THREADS / TFNAS_INTRA_OP_THREADS
 (0 = TensorFlow's default).
 
-The training steps (search and evaluation) run without Grappler, TensorFlow's graph optimiser
-(`training_graph_options`): it spent 9 s of the small search step's first call (16.1 s with it, 6.9 s
-without) and 16 s of the DARTS_V2 evaluation step's (33.9 s against 17.9 s), and the steps were no
-slower without it (small search 0.70-0.85 s either way; evaluation 4.57 against 5.15 s, 0.5 GiB less
-memory). TFNAS_GRAPPLER=1 turns it back on.
+The training steps (search and evaluation) run without Grappler, TensorFlow's graph optimiser, unless
+`trainer.graph_optimizer` asks for it (`training_graph_options`). Grappler spent 9 s of the small search
+step's first call (16.1 s with it, 6.9 s without) and 16 s of the DARTS_V2 evaluation step's (33.9 s
+against 17.9 s); the small search step and the evaluation step were no faster with it (0.70-0.85 s
+either way; 5.15 against 4.57 s), the CIFAR-10 search step about 9 % faster (5.78 against 6.32-6.38 s).
+TFNAS_GRAPPLER=0/1 overrides the configuration.
 """
 from __future__ import annotations
 
@@ -34,13 +35,13 @@ def configure_threads() -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def training_graph_options():
-    """Grappler off while a training step's function is first called (that is when TF optimises a graph)."""
-    if os.environ.get("TFNAS_GRAPPLER", "0") not in ("", "0"):
-        yield
-        return
+def training_graph_options(graph_optimizer: bool = False):
+    """Grappler on or off while a training step's function is first called (that is when TF optimises
+    its graph); `trainer.graph_optimizer` of the configuration, overridden by TFNAS_GRAPPLER=0/1."""
+    env = os.environ.get("TFNAS_GRAPPLER", "")
+    enabled = env == "1" if env in ("0", "1") else graph_optimizer
     before = tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)
-    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": not enabled})
     try:
         yield
     finally:

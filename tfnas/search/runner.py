@@ -100,7 +100,7 @@ def search(config: config_pb2.ExperimentConfig, out_dir: str | pathlib.Path, ver
                                            weight_opt=weight_opt, alpha_opt=alpha_opt,
                                            metrics=checkpoints.metric_variables(searcher.trackers))
     monitor = SearchMonitor(out, net, supernet, s.darts.edges_per_node)
-    with runtime.training_graph_options():
+    with runtime.training_graph_options(s.trainer.graph_optimizer):
         logs = run_loop(lambda *b: step(*b), [train_stream, val_stream], s.trainer.epochs, steps, loop_ckpt,
                         searcher.reset_trackers, callbacks=[monitor],
                         checkpoint_every_steps=s.trainer.checkpoint_every_steps, verbose=verbose,
