@@ -46,7 +46,9 @@ class MixedOp(OpLayer):
         k = self.copies
         # Per candidate, each edge's weight repeated over its channels: a [k * channels] vector.
         channels = self.desc.out_channels or self.desc.in_channels
-        columns = tf.unstack(tf.repeat(tf.transpose(tf.reshape(weights, [k, -1])), channels, axis=1))
+        per_copy = tf.transpose(tf.reshape(weights, [k, -1]))[:, :, None]  # [candidates, k, 1]
+        # (tile + reshape rather than tf.repeat, whose index arithmetic adds int32 ops to every step)
+        columns = tf.unstack(tf.reshape(tf.tile(per_copy, [1, 1, channels]), [-1, k * channels]))
         terms, shared = [], SharedInputs()
         for column, layer, bn in self.branches:
             kwargs = {"shared": shared} if layer.reads_relu else {}
