@@ -331,7 +331,14 @@ def build_search_network(c: Child, seed: int, cfg):
                                        stem_multiplier=STEM_MULTIPLIER)
     macro_desc = macro.build_macro(macro_cfg, IMAGE_SHAPE, NUM_CLASSES)
     supernet = darts.build_supernet(macro_desc, primitives, cfg.search.darts.alpha_init_scale, seed=seed)
-    return compiler.compile_model(supernet, compiler.SEARCH_OPTIONS)
+    # search.darts.lead_edges_apart of the configuration (false by default; the CIFAR configs set it):
+    # TFNAS_LEAD_EDGES_APART=1 measures with it, as TFNAS_GRAPPLER=1 measures with trainer.graph_optimizer.
+    from tfnas.proto import descriptors_pb2
+    options = descriptors_pb2.CompilerOptions()
+    options.CopyFrom(compiler.SEARCH_OPTIONS)
+    options.lead_edges_apart = os.environ.get("TFNAS_LEAD_EDGES_APART") == "1"
+    c.result["lead_edges_apart"] = options.lead_edges_apart
+    return compiler.compile_model(supernet, options)
 
 
 def record_network(c: Child, net, include_aux: bool) -> None:

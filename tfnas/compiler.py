@@ -31,8 +31,9 @@ class Cell(keras.layers.Layer):
 
     With `options.group_mixed_edges`, the mixed edges are computed per input state rather than per edge:
     all mixed edges reading state s (same alpha group, candidates, channels and stride) form one
-    `MixedOp(copies=k)`, run as soon as s exists; its k outputs go to the nodes the edges feed. Other
-    edges are computed per edge, in their node, in edge order.
+    `MixedOp(copies=k)`, run as soon as s exists; its k outputs go to the nodes the edges feed. With
+    `options.lead_edges_apart` the edge into the first node reading s is a group of its own (it is on
+    the cell's critical path). Other edges are computed per edge, in their node, in edge order.
     """
 
     def __init__(self, desc: pb.CellDesc, options: pb.CompilerOptions, **kw):
@@ -49,7 +50,8 @@ class Cell(keras.layers.Layer):
             node_edges = []
             for edge in node.edges:
                 if options.group_mixed_edges and edge.op.name == "mixed" and len(edge.inputs) == 1:
-                    members.setdefault(_group_key(edge), []).append((n, edge))
+                    lead = options.lead_edges_apart and n == max(0, edge.inputs[0] - 1)
+                    members.setdefault(_group_key(edge) + (lead,), []).append((n, edge))
                     continue
                 layer = ops.create(edge.op, options)
                 identity = getattr(layer, "is_identity", False)

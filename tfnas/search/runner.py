@@ -82,7 +82,10 @@ def search(config: config_pb2.ExperimentConfig, out_dir: str | pathlib.Path, ver
     supernet = darts.build_supernet(macro_desc, list(s.darts.primitives), s.darts.alpha_init_scale,
                                     seed=int(config.seed))
     supernet.source = f"darts search ({config.name or 'unnamed'})"
-    net = compiler.compile_model(supernet, compiler.SEARCH_OPTIONS)
+    options = pb.CompilerOptions()
+    options.CopyFrom(compiler.SEARCH_OPTIONS)
+    options.lead_edges_apart = s.darts.lead_edges_apart
+    net = compiler.compile_model(supernet, options)
     weight_opt = optim.make_optimizer(s.trainer.optimizer, s.trainer.epochs, steps, "weight_optimizer")
     alpha_opt = optim.make_optimizer(s.darts.alpha_optimizer, s.trainer.epochs, steps, "alpha_optimizer")
     searcher = BilevelSearch(net, weight_opt, alpha_opt, s.trainer.optimizer, s.darts.alpha_optimizer,
