@@ -10,7 +10,8 @@ The training steps (search and evaluation) run without Grappler, TensorFlow's gr
 `trainer.graph_optimizer` asks for it (`training_graph_options`). Grappler spent 9 s of the small search
 step's first call (16.1 s with it, 6.9 s without) and 16 s of the DARTS_V2 evaluation step's (33.9 s
 against 17.9 s); the small search step and the evaluation step were no faster with it (0.70-0.85 s
-either way; 5.15 against 4.57 s), the CIFAR-10 search step about 9 % faster (5.78 against 6.32-6.38 s).
+either way; 5.15 against 4.57 s), the CIFAR-10 search step about 9 % faster (5.78 against 6.32-6.38 s)
+but not once its critical path was shortened (`search.darts.lead_edges_apart`: 5.60 against 5.31 s).
 TFNAS_GRAPPLER=0/1 overrides the configuration.
 """
 from __future__ import annotations
