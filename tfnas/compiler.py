@@ -110,7 +110,7 @@ class Cell(keras.layers.Layer):
                 node_hw = layer.out_size(*state_hw[inputs[0]])
             for state, group in self.groups.items():
                 for layer, _, targets in group:
-                    if state < len(state_hw) and any(node == n for node, _ in targets):
+                    if any(node == n for node, _ in targets):  # groups read earlier states only
                         node_hw = layer.out_size(*state_hw[state])
             state_hw.append(node_hw or (h, w))
         for state, group in self.groups.items():
