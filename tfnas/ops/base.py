@@ -18,14 +18,17 @@ from tfnas.proto import descriptors_pb2 as pb
 BN_MOMENTUM = 0.1  # PyTorch convention (new = (1 - m) * old + m * batch), as in the DARTS code.
 BN_EPSILON = 1e-5
 
+
 def layer_name(desc: pb.OpDesc) -> str | None:
     """Keras forbids '/' in layer names; descriptor ids use '.' so they map one to one."""
     return desc.id.replace("/", ".") or None
+
 
 def torch_like_init(fan_in: int):
     """PyTorch's default conv/linear init (kaiming_uniform with a = sqrt(5)): U(+-1/sqrt(fan_in))."""
     bound = 1.0 / math.sqrt(max(fan_in, 1))
     return keras.initializers.RandomUniform(-bound, bound)
+
 
 class OpLayer(keras.layers.Layer):
     """Base of every operation: keeps its descriptor and builds its weights eagerly in __init__.
@@ -69,7 +72,7 @@ class OpLayer(keras.layers.Layer):
         """The input once per copy on the channel axis (copy-major), for per-channel kernels."""
         return x if self.copies == 1 else tf.tile(x, [1, 1, 1, self.copies])
 
-    # Ops that start with relu(x) say so; the mixed op then hands them a `shared` dict so that the
+    # Ops that start with relu(x) say so; the mixed op then hands them `shared` (SharedInputs) so that the
     # candidates reading one input compute relu(x) (and its copies) once. Grappler would merge the
     # duplicates, but the search step runs without it (tfnas/runtime.py), and fewer ops trace faster.
     reads_relu = False
@@ -100,11 +103,13 @@ class OpLayer(keras.layers.Layer):
         out = lambda d: None if d is None else -(-d // s)  # noqa: E731 - ceil(d / s)
         return (n, out(h), out(w), self.desc.out_channels or self.desc.in_channels)
 
+
 class SharedInputs:
     """Tensors the candidates of one mixed op share. Not a dict: Keras copies dict arguments of a call."""
 
     def __init__(self):
         self.tensors = {}
+
 
 class BatchNorm:
     """Fused BatchNorm over NHWC with moving statistics, affine or not; owned by an OpLayer."""
@@ -147,7 +152,9 @@ class BatchNorm:
             epsilon=BN_EPSILON, data_format="NHWC", is_training=False)
         return y
 
+
 _UNIT = weakref.WeakKeyDictionary()  # graph -> {(channels, dtype): (ones, zeros)}
+
 
 def _unit_scale_offset(channels: int, dtype):
     """Scale 1 and offset 0 of a non-affine BatchNorm, made once per graph rather than once per call (a
@@ -158,9 +165,11 @@ def _unit_scale_offset(channels: int, dtype):
         cache[key] = (tf.ones([channels], dtype), tf.zeros([channels], dtype))
     return cache[key]
 
+
 def pad_amount(kernel: int, dilation: int = 1) -> int:
     """Symmetric padding of the DARTS code: a stride-1 op keeps the size, a stride-2 op gives ceil(n/2)."""
     return dilation * (kernel - 1) // 2
+
 
 # The convolutions below call the raw TF ops: the tf.nn wrappers cost a few milliseconds of Python each
 # while a step is traced, and a DARTS search step has hundreds of them.
@@ -170,9 +179,11 @@ def _conv(x, w, stride: int, padding: str = "VALID", explicit: int = 0):
     return tf.raw_ops.Conv2D(input=x, filter=w, strides=[1, stride, stride, 1], padding=padding,
                              explicit_paddings=pads, data_format="NHWC")
 
+
 def _depthwise(x, w, stride: int, padding: str):
     return tf.raw_ops.DepthwiseConv2dNative(input=x, filter=w, strides=[1, stride, stride, 1], padding=padding,
                                             data_format="NHWC")
+
 
 def conv2d(x, w, stride: int = 1, padding: int = 0):
     if padding == 0:
@@ -180,6 +191,7 @@ def conv2d(x, w, stride: int = 1, padding: int = 0):
     if stride == 1:
         return _conv(x, w, 1, "SAME")  # odd kernel, stride 1: SAME is the symmetric padding
     return _conv(x, w, stride, "EXPLICIT", padding)
+
 
 def pointwise(x, w):
     """1x1 conv; grouped when x has more channels than w's input depth (k copies of a layer, see OpLayer).
@@ -192,7 +204,9 @@ def pointwise(x, w):
     return tf.concat([_conv(xg, wg, 1)
                       for xg, wg in zip(tf.split(x, groups, -1), tf.split(w, groups, -1))], -1)
 
+
 _GROUPED_CONV: list = []
+
 
 def grouped_conv_supported() -> bool:
     """Whether this TensorFlow runs a grouped conv and its gradients: tried once, eagerly, on one pixel,
@@ -209,6 +223,7 @@ def grouped_conv_supported() -> bool:
         except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
             _GROUPED_CONV.append(False)
     return _GROUPED_CONV[0]
+
 
 def depthwise(x, w, stride: int, padding: int, dilation: int = 1):
     """Depthwise conv with PyTorch-style symmetric padding, native strides and exact gradients.
@@ -236,6 +251,7 @@ def depthwise(x, w, stride: int, padding: int, dilation: int = 1):
     if half == (w.shape[0] - 1) // 2:  # always, for pad_amount's padding: odd kernel, stride 1
         return _depthwise(x, w, 1, "SAME")
     return _depthwise(tf.pad(x, [[0, 0], [half, half], [half, half], [0, 0]]), w, 1, "VALID")
+
 
 def subsample(x, stride: int):
     """x[:, ::stride, ::stride, :] as a 1x1 average pool: the same values, and a gradient about 6x faster
