@@ -79,8 +79,9 @@ class Cell(keras.layers.Layer):
 
         def run_groups(state):  # every mixed edge reading `state`, as soon as it exists
             for layer, group, targets in self.groups.get(state, ()):
-                rows = tf.gather(edge_weights[group], [row for _, row in targets])
-                for (node, _), y in zip(targets, layer(states[state], weights=rows, training=training)):
+                rows = tuple(row for _, row in targets)
+                for (node, _), y in zip(targets, layer(states[state], weights=edge_weights[group], rows=rows,
+                                                       training=training)):
                     contribute(node, y, self.options.drop_path)
 
         run_groups(0)
@@ -88,8 +89,8 @@ class Cell(keras.layers.Layer):
         for n, node_edges in enumerate(self.edges):
             for inputs, layer, use_drop_path in node_edges:
                 if layer.desc.name == "mixed":
-                    row = edge_weights[layer.desc.alpha_group][layer.desc.alpha_index]
-                    y = layer(states[inputs[0]], weights=row, training=training)[0]
+                    y = layer(states[inputs[0]], weights=edge_weights[layer.desc.alpha_group],
+                              rows=(layer.desc.alpha_index,), training=training)[0]
                 else:
                     y = layer(*[states[i] for i in inputs], training=training)
                 contribute(n, y, use_drop_path)

@@ -12,6 +12,7 @@ import weakref
 
 import keras
 import tensorflow as tf
+from tensorflow.python.eager import record  # private, stable in the pinned TF range: see tile_channels
 
 from tfnas.proto import descriptors_pb2 as pb
 
@@ -70,7 +71,7 @@ class OpLayer(keras.layers.Layer):
 
     def spread(self, x):
         """The input once per copy on the channel axis (copy-major), for per-channel kernels."""
-        return x if self.copies == 1 else tf.tile(x, [1, 1, 1, self.copies])
+        return tile_channels(x, self.copies)
 
     # Ops that start with relu(x) say so; the mixed op then hands them `shared` (SharedInputs) so that the
     # candidates reading one input compute relu(x) (and its copies) once. Grappler would merge the
@@ -137,8 +138,11 @@ class BatchNorm:
             scale, offset = _unit_scale_offset(self.channels, x.dtype)
             if weight is not None:
                 scale = weight
+        # FusedBatchNorm (v1), not V3: the same CPU/GPU kernels, but the gradient tape knows that v1's
+        # gradient ignores its statistics outputs, where for V3 it builds zero gradients for all five of
+        # them: 5 fewer ops per BatchNorm and pass to trace (about 10% of a search step's graph).
         if training:
-            y, mean, var, *_ = tf.raw_ops.FusedBatchNormV3(
+            y, mean, var, *_ = tf.raw_ops.FusedBatchNorm(
                 x=x, scale=scale, offset=offset, mean=self.moving_mean.value, variance=self.moving_var.value,
                 epsilon=BN_EPSILON, exponential_avg_factor=BN_MOMENTUM, data_format="NHWC", is_training=True)
             # The op returns the updated moving averages when exponential_avg_factor != 1. Raw assignments:
@@ -147,7 +151,7 @@ class BatchNorm:
             tf.raw_ops.AssignVariableOp(resource=self.moving_mean.handle, value=mean)
             tf.raw_ops.AssignVariableOp(resource=self.moving_var.handle, value=var)
             return y
-        y, *_ = tf.raw_ops.FusedBatchNormV3(
+        y, *_ = tf.raw_ops.FusedBatchNorm(
             x=x, scale=scale, offset=offset, mean=self.moving_mean.value, variance=self.moving_var.value,
             epsilon=BN_EPSILON, data_format="NHWC", is_training=False)
         return y
@@ -163,6 +167,37 @@ def _unit_scale_offset(channels: int, dtype):
     key = (channels, dtype)
     if key not in cache:
         cache[key] = (tf.ones([channels], dtype), tf.zeros([channels], dtype))
+    return cache[key]
+
+
+def tile_channels(x, copies: int):
+    """x repeated `copies` times on the channel axis (copy-major): tf.tile with a gradient of two ops,
+    the sum of the copies, where TF's generic gradient of Tile has about twelve to trace (a search step
+    has hundreds of these tiles, and each traced op costs time at start-up)."""
+    if copies == 1:
+        return x
+    with record.stop_recording():
+        y = tf.raw_ops.Tile(input=x, multiples=_constant((1, 1, 1, copies), tf.int32))
+    if record.should_record_backprop([x]):
+        shape = [-1 if d is None else d for d in x.shape[1:3]]  # the batch may be unknown, the rest is not
+        split = _constant((-1, *shape, copies, x.shape[3]), tf.int32)
+
+        def backward(dy):
+            return [tf.raw_ops.Sum(input=tf.raw_ops.Reshape(tensor=dy, shape=split), axis=_constant(3, tf.int32))]
+
+        record.record_operation("TileChannels", [y], [x], backward)
+    return y
+
+
+_CONSTANTS = weakref.WeakKeyDictionary()  # graph -> {(value, dtype): constant}
+
+
+def _constant(value, dtype):
+    """A constant made once per traced graph: each constant is an op to trace and to run."""
+    cache = _CONSTANTS.setdefault(tf.compat.v1.get_default_graph(), {})
+    key = (value, dtype)
+    if key not in cache:
+        cache[key] = tf.constant(value, dtype)
     return cache[key]
 
 
@@ -242,8 +277,11 @@ def depthwise(x, w, stride: int, padding: int, dilation: int = 1):
     if stride == 1:
         # Padded so that both sides divide by the dilation; the extra rows/columns are cropped again.
         extra = [(-(n + 2 * padding)) % dilation for n in (x.shape[1], x.shape[2])]
-        y = tf.space_to_batch_nd(x, [dilation, dilation], [[padding, padding + e] for e in extra])
-        return tf.batch_to_space(_depthwise(y, w, 1, "VALID"), [dilation, dilation], [[0, e] for e in extra])
+        block = _constant((dilation, dilation), tf.int32)
+        y = tf.raw_ops.SpaceToBatchND(input=x, block_shape=block,
+                                      paddings=_constant(tuple((padding, padding + e) for e in extra), tf.int32))
+        return tf.raw_ops.BatchToSpaceND(input=_depthwise(y, w, 1, "VALID"), block_shape=block,
+                                         crops=_constant(tuple((0, e) for e in extra), tf.int32))
     if dilation != stride or padding % stride:
         raise ValueError("strided dilated depthwise conv needs dilation == stride and padding % stride == 0")
     half = padding // stride

@@ -13,9 +13,12 @@ result is the k edges' outputs, each exactly the single-edge mixed op's.
 """
 from __future__ import annotations
 
+import weakref
+
+import numpy as np
 import tensorflow as tf
 
-from tfnas.ops.base import BatchNorm, OpLayer, SharedInputs
+from tfnas.ops.base import BatchNorm, OpLayer, SharedInputs, tile_channels
 from tfnas.ops.registry import create, register
 
 
@@ -41,14 +44,20 @@ class MixedOp(OpLayer):
         self._layers = [layer for _, layer, _ in self.branches]  # tracked for weights and checkpoints
         self.finish_build()
 
-    def call(self, x, weights=None, training=False):
-        """`weights`: [copies, candidates] softmax rows, one per edge. Returns the `copies` edge outputs."""
+    def call(self, x, weights=None, rows=None, training=False):
+        """`weights`: softmax rows [edges, candidates]; `rows`: the `copies` rows this op's edges read
+        (default: the first `copies`). Returns the `copies` edge outputs."""
         k = self.copies
-        # Per candidate, each edge's weight repeated over its channels: a [k * channels] vector.
+        weights = tf.convert_to_tensor(weights, tf.float32)
+        rows = tuple(range(k)) if rows is None else tuple(rows)
+        if len(rows) != k:
+            raise ValueError(f"operation {self.desc.id}: {k} copies need {k} weight rows, got {len(rows)}")
+        # Per candidate, each edge's weight repeated over its channels: columns[c] is a [k * channels]
+        # vector. One MatMul with a 0/1 matrix picks and repeats them, exactly (one non-zero term per
+        # entry); its gradient is a MatMul too, where gather/tile/reshape took about 30 ops to trace.
         channels = self.desc.out_channels or self.desc.in_channels
-        per_copy = tf.transpose(tf.reshape(weights, [k, -1]))[:, :, None]  # [candidates, k, 1]
-        # (tile + reshape rather than tf.repeat, whose index arithmetic adds int32 ops to every step)
-        columns = tf.unstack(tf.reshape(tf.tile(per_copy, [1, 1, channels]), [-1, k * channels]))
+        expand = _row_expansion(int(weights.shape[0]), rows, channels)
+        columns = tf.unstack(tf.raw_ops.MatMul(a=weights, b=expand, transpose_a=True, transpose_b=False))
         terms, shared = [], SharedInputs()
         for column, layer, bn in self.branches:
             kwargs = {"shared": shared} if layer.reads_relu else {}
@@ -59,7 +68,7 @@ class MixedOp(OpLayer):
             if bn is not None:
                 y = bn(y, training)
             if k > 1 and layer.out_copies == 1:
-                y = tf.tile(y, [1, 1, 1, k])  # one output for all k edges
+                y = tile_channels(y, k)  # one output for all k edges
             # A per-channel vector on the last axis: TF's fast broadcasting path, forward and backward.
             terms.append(columns[column] * y)
         if not terms:  # only `none` candidates
@@ -70,3 +79,19 @@ class MixedOp(OpLayer):
 
     def macs(self, h, w):
         return sum(layer.macs(h, w) for _, layer, _ in self.branches)
+
+
+_EXPANSIONS = weakref.WeakKeyDictionary()  # graph -> {(edges, rows, channels): constant}
+
+
+def _row_expansion(edges: int, rows: tuple, channels: int):
+    """[edges, len(rows) * channels] 0/1 matrix: column i * channels + j picks row rows[i]. Made once per
+    traced graph and shape (the normal cells of a network share them)."""
+    cache = _EXPANSIONS.setdefault(tf.compat.v1.get_default_graph(), {})
+    key = (edges, rows, channels)
+    if key not in cache:
+        m = np.zeros((edges, len(rows) * channels), np.float32)
+        for i, r in enumerate(rows):
+            m[r, i * channels:(i + 1) * channels] = 1.0
+        cache[key] = tf.constant(m)
+    return cache[key]

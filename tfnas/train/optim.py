@@ -45,14 +45,29 @@ class FusedSGD(keras.optimizers.SGD):
     fused TF op instead of about eight: a DARTS supernet has hundreds of weight tensors, and every op
     costs trace time and per-step overhead."""
 
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        # Keras all-reduces the gradients first, even with one replica, where that is one Identity op
+        # per variable inside a custom gradient; and casts the momentum once per variable.
+        if self.momentum == 0 or self.nesterov or self._distribution_strategy.num_replicas_in_sync > 1:
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        lr = tf.cast(learning_rate, tf.float32)
+        momentum = tf.constant(self.momentum, tf.float32)
+        for gradient, variable in zip(grads, trainable_variables):
+            self._apply_momentum(gradient, variable, lr, momentum)
+
     def update_step(self, gradient, variable, learning_rate):
         if self.momentum == 0 or self.nesterov:
             return super().update_step(gradient, variable, learning_rate)
+        self._apply_momentum(gradient, variable, tf.cast(learning_rate, variable.dtype),
+                             tf.constant(self.momentum, variable.dtype))
+
+    def _apply_momentum(self, gradient, variable, lr, momentum):
         m = self.momentums[self._get_variable_index(variable)]
+        variable = getattr(variable, "value", variable)  # the tf.Variable inside a Keras variable
         # accum = momentum * accum - lr * grad; var += accum (keras.optimizers.SGD, nesterov=False)
         tf.raw_ops.ResourceApplyKerasMomentum(
-            var=variable.handle, accum=m.handle, lr=tf.cast(learning_rate, variable.dtype),
-            grad=tf.cast(gradient, variable.dtype), momentum=tf.cast(self.momentum, variable.dtype),
+            var=variable.handle, accum=m.value.handle, lr=tf.cast(lr, variable.dtype),
+            grad=tf.cast(gradient, variable.dtype), momentum=tf.cast(momentum, variable.dtype),
             use_locking=False, use_nesterov=False)
 
 
@@ -70,12 +85,20 @@ def make_optimizer(cfg: config_pb2.OptimizerConfig, epochs: int, steps_per_epoch
 
 
 def prepare_gradients(grads: list, variables: list, cfg: config_pb2.OptimizerConfig) -> list:
-    """Clip by global norm (if configured), then add the coupled L2 weight decay: DARTS's order."""
+    """Clip by global norm (if configured), then add the coupled L2 weight decay: DARTS's order.
+
+    The clipping is tf.clip_by_global_norm's arithmetic (the same scale, NaN when the norm is not
+    finite) without its Identity op per tensor, and the decay factor is one constant, not one per
+    tensor: a supernet has hundreds of weight tensors, and each op costs trace time."""
     if cfg.gradient_clip_norm > 0:
-        grads, _ = tf.clip_by_global_norm(grads, cfg.gradient_clip_norm)
+        norm = tf.linalg.global_norm(grads)
+        clip = tf.constant(cfg.gradient_clip_norm, tf.float32)
+        scale = clip * tf.minimum(1.0 / norm, 1.0 / clip) + (norm - norm)
+        grads = [g * scale for g in grads]
     if cfg.weight_decay > 0:
+        decay = tf.constant(cfg.weight_decay, tf.float32)
         # On the tf.Variable inside each Keras variable: its operators trace several times faster.
-        grads = [g + cfg.weight_decay * getattr(v, "value", v) for g, v in zip(grads, variables)]
+        grads = [g + decay * getattr(v, "value", v) for g, v in zip(grads, variables)]
     return grads
 
 
