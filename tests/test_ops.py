@@ -220,3 +220,62 @@ def test_mixed_op_is_the_softmax_weighted_sum_of_its_candidates(stride, copies):
     for y, ref in zip(ys, expected):
         np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(tape.gradient(loss, alphas), tape.gradient(loss_ref, alphas), rtol=1e-3, atol=1e-5)
+
+
+CONV_CASES = {  # name: (our op, tf.nn reference, input channels, filter shape)
+    "conv3x3-s1": (lambda x, w: _base().conv2d(x, w, 1, 1),
+                   lambda x, w: tf.nn.conv2d(x, w, 1, [[0, 0], [1, 1], [1, 1], [0, 0]]), C, [3, 3, C, 4]),
+    "conv3x3-s2": (lambda x, w: _base().conv2d(x, w, 2, 1),
+                   lambda x, w: tf.nn.conv2d(x, w, 2, [[0, 0], [1, 1], [1, 1], [0, 0]]), C, [3, 3, C, 4]),
+    "conv1x1-s2": (lambda x, w: _base().conv2d(x, w, 2, 0), lambda x, w: tf.nn.conv2d(x, w, 2, "VALID"),
+                   C, [1, 1, C, 4]),
+    "grouped1x1": (lambda x, w: _base().pointwise(x, w),
+                   lambda x, w: tf.concat([tf.nn.conv2d(x[..., g * C:(g + 1) * C], w[..., g * 4:(g + 1) * 4], 1,
+                                                        "VALID") for g in range(3)], -1), 3 * C, [1, 1, C, 12]),
+    "dw3x3-s1": (lambda x, w: _base().depthwise(x, w, 1, 1),
+                 lambda x, w: tf.nn.depthwise_conv2d(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]), w, [1, 1, 1, 1],
+                                                     "VALID"), C, [3, 3, C, 1]),
+    "dw5x5-s2": (lambda x, w: _base().depthwise(x, w, 2, 2),
+                 lambda x, w: tf.nn.depthwise_conv2d(tf.pad(x, [[0, 0], [2, 2], [2, 2], [0, 0]]), w, [1, 2, 2, 1],
+                                                     "VALID"), C, [5, 5, C, 1]),
+}
+
+
+def _base():
+    from tfnas.ops import base
+    return base
+
+
+@pytest.mark.parametrize("case", sorted(CONV_CASES))
+def test_convolutions_have_tf_nn_values_and_gradients(case):
+    """The convolutions record their own gradients (ops.base._with_gradient): the same as TF's."""
+    ours, ref, channels, w_shape = CONV_CASES[case]
+    x, w = tf.random.normal([2, 7, 8, channels]), tf.random.normal(w_shape)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([x, w])
+        y, y_ref = ours(x, w), ref(x, w)
+        loss, loss_ref = tf.reduce_sum(tf.sin(y)), tf.reduce_sum(tf.sin(y_ref))
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(tape.gradient(loss, [x, w]), tape.gradient(loss_ref, [x, w])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_a_tape_that_watches_only_the_input_builds_no_filter_gradient():
+    """An alpha-only pass watches the alphas, not the weights: its convolutions trace no filter gradient."""
+    w = tf.Variable(tf.random.normal([3, 3, C, 4]))
+
+    @tf.function
+    def input_gradient(x):
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(_base().conv2d(x, w, 1, 1) ** 2)
+        return tape.gradient(loss, x)
+
+    graph = input_gradient.get_concrete_function(tf.TensorSpec([2, 5, 5, C])).graph
+    types = [op.type for op in graph.get_operations()]
+    assert types.count("Conv2DBackpropInput") == 1 and "Conv2DBackpropFilter" not in types
+    x = tf.random.normal([2, 5, 5, C])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(tf.nn.conv2d(x, w, 1, "SAME") ** 2)
+    np.testing.assert_allclose(input_gradient(x), tape.gradient(loss, x), rtol=1e-4, atol=1e-4)

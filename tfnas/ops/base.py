@@ -211,13 +211,42 @@ def pad_amount(kernel: int, dilation: int = 1) -> int:
 
 def _conv(x, w, stride: int, padding: str = "VALID", explicit: int = 0):
     pads = [0, 0, explicit, explicit, explicit, explicit, 0, 0] if padding == "EXPLICIT" else []
-    return tf.raw_ops.Conv2D(input=x, filter=w, strides=[1, stride, stride, 1], padding=padding,
-                             explicit_paddings=pads, data_format="NHWC")
+    return _with_gradient(
+        "Conv2D", tf.raw_ops.Conv2D, tf.raw_ops.Conv2DBackpropInput, tf.raw_ops.Conv2DBackpropFilter, x, w,
+        strides=[1, stride, stride, 1], padding=padding, explicit_paddings=pads, data_format="NHWC")
 
 
 def _depthwise(x, w, stride: int, padding: str):
-    return tf.raw_ops.DepthwiseConv2dNative(input=x, filter=w, strides=[1, stride, stride, 1], padding=padding,
-                                            data_format="NHWC")
+    return _with_gradient(
+        "DepthwiseConv2dNative", tf.raw_ops.DepthwiseConv2dNative, tf.raw_ops.DepthwiseConv2dNativeBackpropInput,
+        tf.raw_ops.DepthwiseConv2dNativeBackpropFilter, x, w, strides=[1, stride, stride, 1], padding=padding,
+        data_format="NHWC")
+
+
+def _with_gradient(name: str, forward, backprop_input, backprop_filter, x, w, **attrs):
+    """forward(x, w) with TF's own gradient ops, but only those the recording tapes can need: the input's
+    gradient if x is on a watched path, the filter's if w is. TF's registered gradient builds both (and
+    a ShapeN) for every conv: an alpha-only pass then traces hundreds of filter gradients that TF prunes
+    again before running. Sizes are constants where the shapes are static."""
+    x, w = tf.convert_to_tensor(x), tf.convert_to_tensor(w)  # a variable is read here, as a tape sees it
+    with record.stop_recording():
+        y = forward(input=x, filter=w, **attrs)
+    need_x, need_w = record.should_record_backprop([x]), record.should_record_backprop([w])
+    if need_x or need_w:
+        def backward(dy):
+            grads = []
+            if need_x:
+                grads.append(backprop_input(input_sizes=_shape(x), filter=w, out_backprop=dy, **attrs))
+            if need_w:
+                grads.append(backprop_filter(input=x, filter_sizes=_shape(w), out_backprop=dy, **attrs))
+            return grads
+
+        record.record_operation(name, [y], [t for t, need in ((x, need_x), (w, need_w)) if need], backward)
+    return y
+
+
+def _shape(t):
+    return _constant(tuple(t.shape), tf.int32) if t.shape.is_fully_defined() else tf.shape(t)
 
 
 def conv2d(x, w, stride: int = 1, padding: int = 0):

@@ -10,6 +10,8 @@ alpha gradients only, so no weight gradient is computed for it (the reference co
 """
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import tensorflow as tf
 
@@ -61,7 +63,7 @@ class BilevelSearch(keras.Model):
 
     def weight_step(self, x, y):
         weights = self.net.weights_only
-        with tf.GradientTape() as tape:
+        with _watching(weights) as tape:
             logits = self.net(x, training=True)
             loss = cross_entropy(logits, y)
         grads = optim.prepare_gradients(tape.gradient(loss, weights), weights, self.weight_cfg)
@@ -71,7 +73,7 @@ class BilevelSearch(keras.Model):
     def alpha_step(self, x_train, y_train, x_val, y_val):
         alphas = self.net.alphas
         if self.order == 1:
-            with tf.GradientTape() as tape:
+            with _watching(alphas) as tape:
                 logits = self.net(x_val, training=True)
                 loss = cross_entropy(logits, y_val)
             grads = tape.gradient(loss, alphas)
@@ -88,7 +90,7 @@ class BilevelSearch(keras.Model):
         backup = [tf.identity(w) for w in weights]
 
         # The virtual step uses the optimiser's own update direction: momentum, gradient, L2 decay.
-        with tf.GradientTape() as tape:
+        with _watching(weights) as tape:
             loss = cross_entropy(self.net(x_train, training=True), y_train)
         grads = tape.gradient(loss, weights)
         direction = self.virtual_step_direction(grads, weights, xi)
@@ -116,7 +118,7 @@ class BilevelSearch(keras.Model):
         return logits, [da - xi * h for da, h in zip(d_alpha, hvp)]
 
     def _alpha_grads(self, x, y):
-        with tf.GradientTape() as tape:
+        with _watching(self.net.alphas) as tape:
             loss = cross_entropy(self.net(x, training=True), y)
         return tape.gradient(loss, self.net.alphas)
 
@@ -134,3 +136,13 @@ class BilevelSearch(keras.Model):
                 d = d + cfg.momentum * (-v / xi)
             direction.append(d)
         return direction
+
+
+@contextlib.contextmanager
+def _watching(variables: list):
+    """A tape that records only what depends on `variables`: the ops of an alpha-only pass that do not
+    depend on the alphas (the stem, the first edges of the first cell) get no gradient ops at all, and the
+    convolutions of such a pass trace no filter gradients (see ops.base._with_gradient)."""
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        tape.watch([getattr(v, "value", v) for v in variables])
+        yield tape
