@@ -87,15 +87,15 @@ class BilevelSearch(keras.Model):
         """d/d alpha of L_val(w - xi * dw, alpha): the unrolled gradient of DARTS (eq. 7-8)."""
         weights, alphas = self.net.weights_only, self.net.alphas
         xi = optim.current_lr(self.weight_opt)
-        backup = [tf.identity(w) for w in weights]
+        backup = [_read(w) for w in weights]
 
         # The virtual step uses the optimiser's own update direction: momentum, gradient, L2 decay.
         with _watching(weights) as tape:
             loss = cross_entropy(self.net(x_train, training=True), y_train)
         grads = tape.gradient(loss, weights)
         direction = self.virtual_step_direction(grads, weights, xi)
-        for w, d in zip(weights, direction):
-            w.assign_sub(xi * d)
+        for w, b, d in zip(weights, backup, direction):
+            _assign(w, b - xi * d)
 
         # At w': gradient of L_val for alphas and for the weights.
         with tf.GradientTape() as tape:
@@ -107,13 +107,13 @@ class BilevelSearch(keras.Model):
         # Hessian-vector product (d^2 L_train / d alpha d w) . d_weights by central differences at w.
         eps = 0.01 / (tf.linalg.global_norm(d_weights) + 1e-12)
         for w, b, g in zip(weights, backup, d_weights):
-            w.assign(b + eps * g)
+            _assign(w, b + eps * g)
         grads_pos = self._alpha_grads(x_train, y_train)
         for w, b, g in zip(weights, backup, d_weights):
-            w.assign(b - eps * g)
+            _assign(w, b - eps * g)
         grads_neg = self._alpha_grads(x_train, y_train)
         for w, b in zip(weights, backup):
-            w.assign(b)
+            _assign(w, b)
         hvp = [(p - n) / (2.0 * eps) for p, n in zip(grads_pos, grads_neg)]
         return logits, [da - xi * h for da, h in zip(d_alpha, hvp)]
 
@@ -136,6 +136,16 @@ class BilevelSearch(keras.Model):
                 d = d + cfg.momentum * (-v / xi)
             direction.append(d)
         return direction
+
+
+# Raw reads and assignments for the virtual step's hundreds of weight tensors: Keras's `assign` costs about
+# a millisecond of Python each while the step is traced. TF orders them by the variable they touch.
+def _read(v):
+    return tf.raw_ops.ReadVariableOp(resource=v.value.handle, dtype=v.value.dtype)
+
+
+def _assign(v, value):
+    tf.raw_ops.AssignVariableOp(resource=v.value.handle, value=value)
 
 
 @contextlib.contextmanager

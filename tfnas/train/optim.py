@@ -94,7 +94,7 @@ def prepare_gradients(grads: list, variables: list, cfg: config_pb2.OptimizerCon
         norm = tf.linalg.global_norm(grads)
         clip = tf.constant(cfg.gradient_clip_norm, tf.float32)
         scale = clip * tf.minimum(1.0 / norm, 1.0 / clip) + (norm - norm)
-        grads = [g * scale for g in grads]
+        grads = [None if g is None else g * scale for g in grads]
     if cfg.weight_decay > 0:
         decay = tf.constant(cfg.weight_decay, tf.float32)
         # On the tf.Variable inside each Keras variable: its operators trace several times faster.
