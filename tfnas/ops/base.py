@@ -157,17 +157,21 @@ class BatchNorm:
         return y
 
 
-_UNIT = weakref.WeakKeyDictionary()  # graph -> {(channels, dtype): (ones, zeros)}
+_PER_GRAPH = weakref.WeakKeyDictionary()  # graph -> {key: tensor}
+
+
+def per_graph(key: tuple, make):
+    """`make()` once per traced graph and key: constants a step needs hundreds of times (each one is an op
+    to trace and to run), such as the scale and offset of the non-affine BatchNorms."""
+    cache = _PER_GRAPH.setdefault(tf.compat.v1.get_default_graph(), {})
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
 
 
 def _unit_scale_offset(channels: int, dtype):
-    """Scale 1 and offset 0 of a non-affine BatchNorm, made once per graph rather than once per call (a
-    search step has hundreds of BatchNorm calls; each constant is an op to trace)."""
-    cache = _UNIT.setdefault(tf.compat.v1.get_default_graph(), {})
-    key = (channels, dtype)
-    if key not in cache:
-        cache[key] = (tf.ones([channels], dtype), tf.zeros([channels], dtype))
-    return cache[key]
+    """Scale 1 and offset 0 of a non-affine BatchNorm."""
+    return per_graph(("unit", channels, dtype), lambda: (tf.ones([channels], dtype), tf.zeros([channels], dtype)))
 
 
 def tile_channels(x, copies: int):
@@ -189,16 +193,8 @@ def tile_channels(x, copies: int):
     return y
 
 
-_CONSTANTS = weakref.WeakKeyDictionary()  # graph -> {(value, dtype): constant}
-
-
 def _constant(value, dtype):
-    """A constant made once per traced graph: each constant is an op to trace and to run."""
-    cache = _CONSTANTS.setdefault(tf.compat.v1.get_default_graph(), {})
-    key = (value, dtype)
-    if key not in cache:
-        cache[key] = tf.constant(value, dtype)
-    return cache[key]
+    return per_graph(("constant", value, dtype), lambda: tf.constant(value, dtype))
 
 
 def pad_amount(kernel: int, dilation: int = 1) -> int:

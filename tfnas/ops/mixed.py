@@ -13,12 +13,10 @@ result is the k edges' outputs, each exactly the single-edge mixed op's.
 """
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 import tensorflow as tf
 
-from tfnas.ops.base import BatchNorm, OpLayer, SharedInputs, tile_channels
+from tfnas.ops.base import BatchNorm, OpLayer, SharedInputs, per_graph, tile_channels
 from tfnas.ops.registry import create, register
 
 
@@ -81,17 +79,12 @@ class MixedOp(OpLayer):
         return sum(layer.macs(h, w) for _, layer, _ in self.branches)
 
 
-_EXPANSIONS = weakref.WeakKeyDictionary()  # graph -> {(edges, rows, channels): constant}
-
-
 def _row_expansion(edges: int, rows: tuple, channels: int):
     """[edges, len(rows) * channels] 0/1 matrix: column i * channels + j picks row rows[i]. Made once per
     traced graph and shape (the normal cells of a network share them)."""
-    cache = _EXPANSIONS.setdefault(tf.compat.v1.get_default_graph(), {})
-    key = (edges, rows, channels)
-    if key not in cache:
+    def make():
         m = np.zeros((edges, len(rows) * channels), np.float32)
         for i, r in enumerate(rows):
             m[r, i * channels:(i + 1) * channels] = 1.0
-        cache[key] = tf.constant(m)
-    return cache[key]
+        return tf.constant(m)
+    return per_graph(("row_expansion", edges, rows, channels), make)
