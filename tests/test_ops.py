@@ -279,3 +279,21 @@ def test_a_tape_that_watches_only_the_input_builds_no_filter_gradient():
         tape.watch(x)
         loss = tf.reduce_sum(tf.nn.conv2d(x, w, 1, "SAME") ** 2)
     np.testing.assert_allclose(input_gradient(x), tape.gradient(loss, x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("spec", [[2, 5, 4, C], [None, 5, 4, C], [None, None, None, C]])
+def test_tile_channels_is_tf_tile_with_its_gradient(spec):
+    """The tile with a two-op gradient, whatever the static shape the traced step knows."""
+    x, dy = tf.random.normal([2, 5, 4, C]), tf.random.normal([2, 5, 4, 3 * C])
+
+    @tf.function(input_signature=[tf.TensorSpec(spec), tf.TensorSpec([None, None, None, 3 * C])])
+    def tiled_and_gradient(x, dy):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = _base().tile_channels(x, 3)
+            loss = tf.reduce_sum(y * dy)
+        return y, tape.gradient(loss, x)
+
+    y, g = tiled_and_gradient(x, dy)
+    np.testing.assert_array_equal(y, tf.tile(x, [1, 1, 1, 3]))
+    np.testing.assert_allclose(g, dy[..., :C] + dy[..., C:2 * C] + dy[..., 2 * C:], rtol=1e-6, atol=1e-6)

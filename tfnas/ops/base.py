@@ -183,8 +183,11 @@ def tile_channels(x, copies: int):
     with record.stop_recording():
         y = tf.raw_ops.Tile(input=x, multiples=_constant((1, 1, 1, copies), tf.int32))
     if record.should_record_backprop([x]):
-        shape = [-1 if d is None else d for d in x.shape[1:3]]  # the batch may be unknown, the rest is not
-        split = _constant((-1, *shape, copies, x.shape[3]), tf.int32)
+        if x.shape[1:].is_fully_defined():  # the batch size may be unknown
+            split = _constant((-1, *x.shape[1:3], copies, x.shape[3]), tf.int32)
+        else:
+            dims = tf.shape(x)
+            split = tf.concat([dims[:3], [copies], dims[3:]], 0)
 
         def backward(dy):
             return [tf.raw_ops.Sum(input=tf.raw_ops.Reshape(tensor=dy, shape=split), axis=_constant(3, tf.int32))]
