@@ -93,7 +93,7 @@ class BilevelSearch(keras.Model):
         with _watching(weights) as tape:
             loss = cross_entropy(self.net(x_train, training=True), y_train)
         grads = tape.gradient(loss, weights)
-        direction = self.virtual_step_direction(grads, weights, xi)
+        direction = self.virtual_step_direction(grads, weights, backup, xi)
         for w, b, d in zip(weights, backup, direction):
             _assign(w, b - xi * d)
 
@@ -122,15 +122,17 @@ class BilevelSearch(keras.Model):
             loss = cross_entropy(self.net(x, training=True), y)
         return tape.gradient(loss, self.net.alphas)
 
-    def virtual_step_direction(self, grads, weights, xi):
+    def virtual_step_direction(self, grads, weights, values, xi):
         """momentum * buffer + grad + wd * w, in PyTorch's SGD convention (DARTS's _compute_unrolled_model).
+        `values` are the weights as already read for this step (not read again per variable).
 
         Keras's SGD keeps v = momentum * v - lr * g; the PyTorch buffer is -v / lr.
         """
         cfg = self.weight_cfg
+        decay = tf.constant(cfg.weight_decay, tf.float32)
         direction = []
-        for g, w in zip(grads, weights):
-            d = g + cfg.weight_decay * w
+        for g, w, value in zip(grads, weights, values):
+            d = g + decay * value
             if cfg.momentum > 0:
                 v = self.weight_opt.momentums[self.weight_opt._get_variable_index(w)]
                 d = d + cfg.momentum * (-v / xi)
