@@ -235,7 +235,11 @@ CONV_CASES = {  # name: (our op, tf.nn reference, input channels, filter shape)
     "dw3x3-s1": (lambda x, w: _base().depthwise(x, w, 1, 1),
                  lambda x, w: tf.nn.depthwise_conv2d(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]), w, [1, 1, 1, 1],
                                                      "VALID"), C, [3, 3, C, 1]),
-    "dw5x5-s2": (lambda x, w: _base().depthwise(x, w, 2, 2),
+    "dw5x5-s1": (lambda x, w: _base().depthwise(x, w, 1, 2),  # filter gradient in two 5x3 blocks
+                 lambda x, w: tf.nn.depthwise_conv2d(x, w, [1, 1, 1, 1], "SAME"), C, [5, 5, C, 1]),
+    "dw7x7-s1": (lambda x, w: _base().depthwise(x, w, 1, 3),  # three blocks, the last one overlapping
+                 lambda x, w: tf.nn.depthwise_conv2d(x, w, [1, 1, 1, 1], "SAME"), C, [7, 7, C, 1]),
+    "dw5x5-s2": (lambda x, w: _base().depthwise(x, w, 2, 2),  # blocks cropped from the padded input
                  lambda x, w: tf.nn.depthwise_conv2d(tf.pad(x, [[0, 0], [2, 2], [2, 2], [0, 0]]), w, [1, 2, 2, 1],
                                                      "VALID"), C, [5, 5, C, 1]),
 }
@@ -258,6 +262,25 @@ def test_convolutions_have_tf_nn_values_and_gradients(case):
     np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
     for a, b in zip(tape.gradient(loss, [x, w]), tape.gradient(loss_ref, [x, w])):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_wide_depthwise_filter_gradients_use_kernels_at_most_three_columns_wide():
+    """oneDNN's depthwise filter gradient is several times slower per tap for 5-wide kernels: the graph of a
+    5x5 (and a dilated 5x5) conv's gradient holds only 3-wide ones, which still give tf.nn's gradient
+    (test_convolutions_have_tf_nn_values_and_gradients, test_dilated_depthwise_equals_tf_nn)."""
+    w = tf.Variable(tf.random.normal([5, 5, C, 1]))
+
+    @tf.function
+    def filter_gradient(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(_base().depthwise(x, w, 1, 2) ** 2) + tf.reduce_sum(
+                _base().depthwise(x, w, 1, 4, 2) ** 2)
+        return tape.gradient(loss, w)
+
+    graph = filter_gradient.get_concrete_function(tf.TensorSpec([2, 8, 8, C])).graph
+    sizes = [tf.get_static_value(op.inputs[1]) for op in graph.get_operations()
+             if op.type == "DepthwiseConv2dNativeBackpropFilter"]
+    assert len(sizes) == 4 and all(list(s) == [5, 3, C, 1] for s in sizes)
 
 
 def test_a_tape_that_watches_only_the_input_builds_no_filter_gradient():
