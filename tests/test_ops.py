@@ -283,6 +283,23 @@ def test_wide_depthwise_filter_gradients_use_kernels_at_most_three_columns_wide(
     assert len(sizes) == 4 and all(list(s) == [5, 3, C, 1] for s in sizes)
 
 
+def test_wide_depthwise_filter_gradient_with_unknown_spatial_size_is_tf_nn_s():
+    """Where the traced step does not know the image size the blocks cannot be planned: TF's own kernel."""
+    x, w = tf.random.normal([2, 7, 6, C]), tf.random.normal([5, 5, C, 1])
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, C]), tf.TensorSpec([5, 5, C, 1])])
+    def filter_gradient(x, w):
+        with tf.GradientTape() as tape:
+            tape.watch(w)
+            loss = tf.reduce_sum(tf.sin(_base().depthwise(x, w, 1, 2)))
+        return tape.gradient(loss, w)
+
+    with tf.GradientTape() as tape:
+        tape.watch(w)
+        loss = tf.reduce_sum(tf.sin(tf.nn.depthwise_conv2d(x, w, [1, 1, 1, 1], "SAME")))
+    np.testing.assert_allclose(filter_gradient(x, w), tape.gradient(loss, w), rtol=1e-4, atol=1e-4)
+
+
 def test_a_tape_that_watches_only_the_input_builds_no_filter_gradient():
     """An alpha-only pass watches the alphas, not the weights: its convolutions trace no filter gradient."""
     w = tf.Variable(tf.random.normal([3, 3, C, 4]))
