@@ -109,8 +109,12 @@ class BilevelSearch(keras.Model):
         for w, b, g in zip(weights, backup, d_weights):
             _assign(w, b + eps * g)
         grads_pos = self._alpha_grads(x_train, y_train)
-        for w, b, g in zip(weights, backup, d_weights):
-            _assign(w, b - eps * g)
+        # Each weight may change again as soon as the w+ pass has read it, so without this TF ran the w-
+        # pass's forward beside the w+ pass's backward, and both passes' activations were alive at once
+        # (+1.2 GiB peak on the CIFAR-10 search network, +0.2 GiB on the small one; no faster).
+        with tf.control_dependencies(grads_pos):
+            for w, b, g in zip(weights, backup, d_weights):
+                _assign(w, b - eps * g)
         grads_neg = self._alpha_grads(x_train, y_train)
         for w, b in zip(weights, backup):
             _assign(w, b)
