@@ -106,7 +106,8 @@ def split_copies(batched, k):
 @pytest.mark.parametrize("name,stride", [("sep_conv_3x3", 1), ("sep_conv_5x5", 2), ("dil_conv_3x3", 1),
                                          ("dil_conv_5x5", 2), ("skip_connect", 2), ("max_pool_3x3", 2),
                                          ("skip_connect", 1)])
-def test_copies_equal_independent_ops(name, stride):
+@pytest.mark.parametrize("hw", [(7, 8), (8, 8)])  # 8 x 8: stride-1 dilated convs run in space-to-batch layout
+def test_copies_equal_independent_ops(name, stride, hw):
     """k copies side by side compute exactly what k separate ops with those weights compute, gradients too."""
     k = 3
     desc = pb.OpDesc(name=name, id="t.b", stride=stride, in_channels=C, out_channels=C)
@@ -116,7 +117,7 @@ def test_copies_equal_independent_ops(name, stride):
     for single, parts in zip(singles, split_copies(batched, k)):
         for v, part in zip(single.weights, parts):
             v.assign(part)
-    x = tf.random.normal([4, 7, 8, C])
+    x = tf.random.normal([4, *hw, C])
     shared = batched.out_copies == 1  # weightless: one output stands for every copy
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(x)
@@ -191,15 +192,54 @@ def test_dilated_depthwise_equals_tf_nn(kernel, size):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("stride,copies", [(1, 1), (2, 3)])
-def test_mixed_op_is_the_softmax_weighted_sum_of_its_candidates(stride, copies):
+@pytest.mark.parametrize("kernel", [3, 5])
+@pytest.mark.parametrize("size", [7, 8])
+def test_dil_conv_is_relu_dilated_depthwise_pointwise_batchnorm(kernel, size):
+    """On even sizes the whole block runs in space-to-batch layout, BatchNorm included; its values,
+    gradients and moving statistics are still those of the plain composition."""
+    layer = make(f"dil_conv_{kernel}x{kernel}", 1, SEARCH_OPTIONS)
+    assert layer.blocks(tf.zeros([1, size, size, C])) == (2 if size % 2 == 0 else 0)
+    x = tf.random.normal([4, size, size, C])
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        ours = layer(x, training=True)
+        mean, var = layer.bn.moving_mean.numpy(), layer.bn.moving_var.numpy()
+        y = tf.nn.conv2d(tf.nn.depthwise_conv2d(tf.nn.relu(x), layer.dw, [1, 1, 1, 1], "SAME", dilations=[2, 2]),
+                         layer.pw, 1, "VALID")
+        m, v = tf.nn.moments(y, [0, 1, 2])
+        ref = (y - m) / tf.sqrt(v + 1e-5)
+        loss_ours, loss_ref = tf.reduce_sum(tf.sin(ours)), tf.reduce_sum(tf.sin(ref))
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
+    n = 4 * size * size
+    np.testing.assert_allclose(mean, 0.1 * m, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(var, 0.9 + 0.1 * v * n / (n - 1), rtol=1e-4)
+    for a, b in zip(tape.gradient(loss_ours, [x, layer.dw, layer.pw]), tape.gradient(loss_ref, [x, layer.dw, layer.pw])):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_mixed_op_copies_dilated_candidates_into_and_out_of_blocks_once():
+    """The dilated candidates of a mixed op share one space-to-batch copy of their input and are summed
+    before one batch-to-space copy (on even sizes)."""
+    desc = pb.OpDesc(name="mixed", id="m", stride=1, in_channels=C, out_channels=C)
+    for n in CANDIDATES:
+        desc.candidates.add(name=n, id=f"m.{n}", stride=1, in_channels=C, out_channels=C)
+    mixed = ops.create(desc, SEARCH_OPTIONS, copies=2)
+    weights = tf.nn.softmax(tf.random.normal([2, len(CANDIDATES)]))
+    graph = tf.function(lambda x: mixed(x, weights=weights, training=True)).get_concrete_function(
+        tf.TensorSpec([4, 8, 8, C])).graph
+    types = [op.type for op in graph.get_operations()]
+    assert types.count("SpaceToBatchND") == 1 and types.count("BatchToSpaceND") == 1
+
+
+@pytest.mark.parametrize("stride,copies,size", [(1, 1, 7), (2, 3, 7), (1, 3, 8), (2, 2, 8)])
+def test_mixed_op_is_the_softmax_weighted_sum_of_its_candidates(stride, copies, size):
     """The weights folded into the candidates' last BatchNorm give exactly sum_c w_c * op_c(x), per edge,
     alpha gradients included."""
     desc = pb.OpDesc(name="mixed", id="m", stride=stride, in_channels=C, out_channels=C)
     for n in CANDIDATES:
         desc.candidates.add(name=n, id=f"m.{n}", stride=stride, in_channels=C, out_channels=C)
     mixed = ops.create(desc, SEARCH_OPTIONS, copies=copies)
-    x = tf.random.normal([4, 7, 7, C])
+    x = tf.random.normal([4, size, size, C])
     alphas = tf.Variable(tf.random.normal([copies, len(CANDIDATES)]))
     with tf.GradientTape(persistent=True) as tape:
         w = tf.nn.softmax(alphas)

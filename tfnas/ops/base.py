@@ -81,16 +81,25 @@ class OpLayer(keras.layers.Layer):
     # Ops whose output is a BatchNorm's take `weight=` (a per-channel factor) and fold it into that BN.
     folds_weight = False
 
-    def relu_input(self, x, shared: "SharedInputs | None", spread: bool):
-        key = ("relu", self.copies if spread else 1)
+    def relu_input(self, x, shared: "SharedInputs | None", spread: bool, blocks: int = 0):
+        """relu(x), tiled per copy if `spread`, in space-to-batch layout if `blocks` (see to_blocks)."""
+        key = ("relu", self.copies if spread else 1, blocks)
         if shared is not None and key in shared.tensors:
             return shared.tensors[key]
-        y = tf.nn.relu(x)
-        if spread:
-            y = self.spread(y)
+        if blocks:
+            y = to_blocks(self.relu_input(x, shared, spread), blocks)
+        else:
+            y = tf.nn.relu(x)
+            if spread:
+                y = self.spread(y)
         if shared is not None:
             shared.tensors[key] = y
         return y
+
+    def blocks(self, x) -> int:
+        """The block size b if this op can return its output for x in to_blocks(., b) layout when called
+        with `blocked=True` (a mixed op then sums such outputs before one from_blocks); 0 if not."""
+        return 0
 
     def out_size(self, h: int, w: int) -> tuple[int, int]:
         return -(-h // self.stride), -(-w // self.stride)
@@ -353,13 +362,16 @@ def depthwise(x, w, stride: int, padding: int, dilation: int = 1):
             return _depthwise(x, w, 1, "SAME")
         return _depthwise(tf.pad(x, [[0, 0], [padding, padding], [padding, padding], [0, 0]]), w, stride, "VALID")
     if stride == 1:
-        # Padded so that both sides divide by the dilation; the extra rows/columns are cropped again.
-        extra = [(-(n + 2 * padding)) % dilation for n in (x.shape[1], x.shape[2])]
-        block = _constant((dilation, dilation), tf.int32)
-        y = tf.raw_ops.SpaceToBatchND(input=x, block_shape=block,
-                                      paddings=_constant(tuple((padding, padding + e) for e in extra), tf.int32))
-        return tf.raw_ops.BatchToSpaceND(input=_depthwise(y, w, 1, "VALID"), block_shape=block,
-                                         crops=_constant(tuple((0, e) for e in extra), tf.int32))
+        if w.shape[0] % 2 and w.shape[0] == w.shape[1] and padding == pad_amount(w.shape[0], dilation):
+            # "Same" size: a SAME conv in block space, with no padded copy of the input.
+            padding, conv_padding = 0, "SAME"
+        else:
+            conv_padding = "VALID"
+        # Padded so that both sides divide by the dilation; the extra rows/columns are cropped again (the
+        # zeros they add are what lies outside the image for the SAME conv too).
+        extra = tuple((-(n + 2 * padding)) % dilation for n in (x.shape[1], x.shape[2]))
+        y = to_blocks(x, dilation, ((padding, padding + extra[0]), (padding, padding + extra[1])))
+        return from_blocks(_depthwise(y, w, 1, conv_padding), dilation, extra)
     if dilation != stride or padding % stride:
         raise ValueError("strided dilated depthwise conv needs dilation == stride and padding % stride == 0")
     half = padding // stride
@@ -367,6 +379,28 @@ def depthwise(x, w, stride: int, padding: int, dilation: int = 1):
     if half == (w.shape[0] - 1) // 2:  # always, for pad_amount's padding: odd kernel, stride 1
         return _depthwise(x, w, 1, "SAME")
     return _depthwise(tf.pad(x, [[0, 0], [half, half], [half, half], [0, 0]]), w, 1, "VALID")
+
+
+def to_blocks(x, block: int, paddings=((0, 0), (0, 0))):
+    """Space-to-batch: the block x block phases of the image as separate examples ([b*b*n, h/b, w/b, c]).
+
+    A conv with dilation b is an undilated conv on each phase, and per-pixel ops (1x1 convs) and
+    BatchNorm (its statistics cover the same pixels) give the same results in this layout, so a dilated
+    conv block can run in it from its input to its output: one copy in, one copy out."""
+    return tf.raw_ops.SpaceToBatchND(input=x, block_shape=_constant((block, block), tf.int32),
+                                     paddings=_constant(tuple(tuple(p) for p in paddings), tf.int32))
+
+
+def from_blocks(x, block: int, crops=(0, 0)):
+    """The inverse of to_blocks; `crops` rows and columns are dropped at the far end."""
+    return tf.raw_ops.BatchToSpaceND(input=x, block_shape=_constant((block, block), tf.int32),
+                                     crops=_constant(((0, crops[0]), (0, crops[1])), tf.int32))
+
+
+def fits_blocks(x, block: int) -> bool:
+    """Whether x's (static) height and width divide by `block`: to_blocks then needs no padding."""
+    h, w = x.shape[1], x.shape[2]
+    return h is not None and w is not None and h % block == 0 and w % block == 0
 
 
 def subsample(x, stride: int):

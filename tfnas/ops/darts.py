@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tfnas.ops.base import BatchNorm, OpLayer, conv2d, depthwise, pad_amount, pointwise
+from tfnas.ops.base import BatchNorm, OpLayer, conv2d, depthwise, fits_blocks, from_blocks, pad_amount, pointwise
 from tfnas.ops.registry import register
 
 # Candidate operations of DARTS, in the order of the reference code (the alpha column order).
@@ -76,7 +76,14 @@ class SepConv(OpLayer):
 @register("dil_conv_3x3", kernel_size=3)
 @register("dil_conv_5x5", kernel_size=5)
 class DilConv(OpLayer):
-    """ReLU -> depthwise kxk with dilation 2 -> pointwise 1x1 -> BN."""
+    """ReLU -> depthwise kxk with dilation 2 -> pointwise 1x1 -> BN.
+
+    At stride 1, on even sizes, the whole block runs in space-to-batch layout (base.to_blocks): one copy
+    of the input in and one of the output out, where a dilated conv alone needs the same two around the
+    depthwise conv. Called with `shared` (in a mixed op), the candidates share the input's copy, and with
+    `blocked=True` the output stays in that layout, so that the mixed op sums the dilated candidates
+    before copying back once.
+    """
 
     DILATION = 2
     supports_copies = True  # as SepConv
@@ -91,7 +98,17 @@ class DilConv(OpLayer):
         self.bn = BatchNorm(self, "bn", k * c_out, options.affine)
         self.finish_build()
 
-    def call(self, x, training=False, shared=None, weight=None):
+    def blocks(self, x) -> int:
+        return self.DILATION if self.stride == 1 and fits_blocks(x, self.DILATION) else 0
+
+    def call(self, x, training=False, shared=None, weight=None, blocked=False):
+        if self.blocks(x):
+            y = depthwise(self.relu_input(x, shared, spread=True, blocks=self.DILATION), self.dw, 1,
+                          pad_amount(self.dw.shape[0]))
+            y = self.bn(pointwise(y, self.pw), training, weight)
+            return y if blocked else from_blocks(y, self.DILATION)
+        if blocked:
+            raise ValueError(f"operation {self.desc.id or self.desc.name}: no block layout for input {x.shape}")
         x = depthwise(self.relu_input(x, shared, spread=True), self.dw, self.stride, self.padding, self.DILATION)
         return self.bn(pointwise(x, self.pw), training, weight)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tfnas.ops.base import BatchNorm, OpLayer, SharedInputs, per_graph, tile_channels
+from tfnas.ops.base import BatchNorm, OpLayer, SharedInputs, from_blocks, per_graph, tile_channels
 from tfnas.ops.registry import create, register
 
 
@@ -56,11 +56,15 @@ class MixedOp(OpLayer):
         channels = self.desc.out_channels or self.desc.in_channels
         expand = _row_expansion(int(weights.shape[0]), rows, channels)
         columns = tf.unstack(tf.raw_ops.MatMul(a=weights, b=expand, transpose_a=True, transpose_b=False))
-        terms, shared = [], SharedInputs()
+        terms, shared, blocked = [], SharedInputs(), {}  # blocked: block size -> outputs in that layout
         for column, layer, bn in self.branches:
             kwargs = {"shared": shared} if layer.reads_relu else {}
             if layer.folds_weight:  # the candidate's last BatchNorm applies the weight
-                terms.append(layer(x, training=training, weight=columns[column], **kwargs))
+                block = layer.blocks(x)
+                if block:
+                    kwargs["blocked"] = True
+                y = layer(x, training=training, weight=columns[column], **kwargs)
+                (blocked.setdefault(block, []) if block else terms).append(y)
                 continue
             y = layer(x, training=training, **kwargs)
             if bn is not None:
@@ -69,6 +73,8 @@ class MixedOp(OpLayer):
                 y = tile_channels(y, k)  # one output for all k edges
             # A per-channel vector on the last axis: TF's fast broadcasting path, forward and backward.
             terms.append(columns[column] * y)
+        for block, ys in blocked.items():  # summed in block layout, copied back once
+            terms.append(from_blocks(tf.add_n(ys) if len(ys) > 1 else ys[0], block))
         if not terms:  # only `none` candidates
             s = self.stride
             return [tf.zeros_like(x if s == 1 else x[:, ::s, ::s, :])] * k
