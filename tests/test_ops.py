@@ -1,6 +1,7 @@
 """Every operation: shapes at stride 1 and 2 on odd and even sizes; search vs evaluation variants."""
 import numpy as np
 import pytest
+import keras
 import tensorflow as tf
 
 from tfnas import ops
@@ -8,6 +9,13 @@ from tfnas.compiler import EVAL_OPTIONS, SEARCH_OPTIONS
 from tfnas.proto import descriptors_pb2 as pb
 
 CANDIDATES = list(ops.DARTS_PRIMITIVES)
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Fixed inputs and weights: comparisons with tf.nn references may differ where a value sits at a
+    ReLU's kink, so every run checks the same numbers."""
+    keras.utils.set_random_seed(0)
 C = 6
 
 
@@ -215,6 +223,39 @@ def test_dil_conv_is_relu_dilated_depthwise_pointwise_batchnorm(kernel, size):
     np.testing.assert_allclose(var, 0.9 + 0.1 * v * n / (n - 1), rtol=1e-4)
     for a, b in zip(tape.gradient(loss_ours, [x, layer.dw, layer.pw]), tape.gradient(loss_ref, [x, layer.dw, layer.pw])):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_sep_conv_is_its_plain_composition_holding_less(kernel):
+    """The search network's separable conv (batchnorm_relu_depthwise in its middle) has the values,
+    gradients and moving statistics of relu -> dw -> 1x1 -> BN -> relu -> dw -> 1x1 -> BN."""
+    layer = make(f"sep_conv_{kernel}x{kernel}", 1, SEARCH_OPTIONS)
+    x = tf.random.normal([4, 7, 8, C]) * 2.0 + 0.5
+
+    def bn(y):
+        m, v = tf.nn.moments(y, [0, 1, 2])
+        return (y - m) / tf.sqrt(v + 1e-5), m, v
+
+    weights = [layer.dw1, layer.pw1, layer.dw2, layer.pw2]
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        ours = layer(x, training=True)
+        stats = [v.numpy() for v in (layer.bn1.moving_mean, layer.bn1.moving_var)]
+        y = tf.nn.conv2d(tf.nn.depthwise_conv2d(tf.nn.relu(x), layer.dw1, [1, 1, 1, 1], "SAME"), layer.pw1, 1, "VALID")
+        y, m1, v1 = bn(y)
+        y = tf.nn.conv2d(tf.nn.depthwise_conv2d(tf.nn.relu(y), layer.dw2, [1, 1, 1, 1], "SAME"), layer.pw2, 1, "VALID")
+        ref = bn(y)[0]
+        loss_ours, loss_ref = tf.reduce_sum(tf.sin(ours) * ours), tf.reduce_sum(tf.sin(ref) * ref)
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
+    n = 4 * 7 * 8
+    np.testing.assert_allclose(stats[0], 0.1 * m1, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(stats[1], 0.9 + 0.1 * v1 * n / (n - 1), rtol=1e-4)
+    for a, b in zip(tape.gradient(loss_ours, [x] + weights), tape.gradient(loss_ref, [x] + weights)):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+    with tf.GradientTape() as tape:  # an alpha-only pass: only the input's gradient is recorded
+        tape.watch(x)
+        loss = tf.reduce_sum(tf.sin(layer(x, training=True)))
+    assert tape.gradient(loss, x).shape == x.shape
 
 
 def test_mixed_op_copies_dilated_candidates_into_and_out_of_blocks_once():

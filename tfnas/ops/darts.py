@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tfnas.ops.base import BatchNorm, OpLayer, conv2d, depthwise, fits_blocks, from_blocks, pad_amount, pointwise
+from tfnas.ops.base import BatchNorm, OpLayer, batchnorm_relu_depthwise, conv2d, depthwise, fits_blocks, from_blocks, pad_amount, pointwise
 from tfnas.ops.registry import register
 
 # Candidate operations of DARTS, in the order of the reference code (the alpha column order).
@@ -64,8 +64,11 @@ class SepConv(OpLayer):
 
     def call(self, x, training=False, shared=None, weight=None):
         x = depthwise(self.relu_input(x, shared, spread=True), self.dw1, self.stride, self.padding)
-        x = self.bn1(pointwise(x, self.pw1), training)
-        x = depthwise(tf.nn.relu(x), self.dw2, 1, self.padding)
+        x = pointwise(x, self.pw1)
+        if training and not self.bn1.affine:  # the search network: the same, holding less
+            x = batchnorm_relu_depthwise(self.bn1, x, self.dw2)
+        else:
+            x = depthwise(tf.nn.relu(self.bn1(x, training)), self.dw2, 1, self.padding)
         return self.bn2(pointwise(x, self.pw2), training, weight)
 
     def macs(self, h, w):
