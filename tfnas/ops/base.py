@@ -303,6 +303,12 @@ def _with_gradient(name: str, forward, backprop_input, backprop_filter, x, w, **
     return y
 
 
+# batchnorm_relu_depthwise records one op whose backward pass uses tensors the forward computed unrecorded:
+# first-order gradients are exact, but an outer tape (gradients of gradients) would not see them depend on
+# the input. Code that nests tapes through a search network, or swaps the ReLU, sets this to False.
+HOLD_LESS_FOR_BACKWARD = True
+
+
 def batchnorm_relu_depthwise(bn: BatchNorm, x, w):
     """depthwise(relu(bn(x, training=True)), w) at stride 1, "same" padding, for a BatchNorm without
     scale and offset; what the middle of a separable conv computes, holding less for the backward pass.

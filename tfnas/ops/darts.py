@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tfnas.ops import base
 from tfnas.ops.base import BatchNorm, OpLayer, batchnorm_relu_depthwise, conv2d, depthwise, fits_blocks, from_blocks, pad_amount, pointwise
 from tfnas.ops.registry import register
 
@@ -65,7 +66,7 @@ class SepConv(OpLayer):
     def call(self, x, training=False, shared=None, weight=None):
         x = depthwise(self.relu_input(x, shared, spread=True), self.dw1, self.stride, self.padding)
         x = pointwise(x, self.pw1)
-        if training and not self.bn1.affine:  # the search network: the same, holding less
+        if training and not self.bn1.affine and base.HOLD_LESS_FOR_BACKWARD:  # search: the same, holding less
             x = batchnorm_relu_depthwise(self.bn1, x, self.dw2)
         else:
             x = depthwise(tf.nn.relu(self.bn1(x, training)), self.dw2, 1, self.padding)
