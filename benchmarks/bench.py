@@ -338,6 +338,8 @@ def build_search_network(c: Child, seed: int, cfg):
     options.CopyFrom(compiler.SEARCH_OPTIONS)
     options.lead_edges_apart = os.environ.get("TFNAS_LEAD_EDGES_APART") == "1"
     c.result["lead_edges_apart"] = options.lead_edges_apart
+    options.recompute_depthwise = os.environ.get("TFNAS_RECOMPUTE_DEPTHWISE") == "1"  # the same, for
+    c.result["recompute_depthwise"] = options.recompute_depthwise  # search.darts.recompute_depthwise
     return compiler.compile_model(supernet, options)
 
 

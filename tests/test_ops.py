@@ -225,11 +225,17 @@ def test_dil_conv_is_relu_dilated_depthwise_pointwise_batchnorm(kernel, size):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("kernel", [3, 5])
-def test_sep_conv_is_its_plain_composition_holding_less(kernel):
-    """The search network's separable conv (batchnorm_relu_depthwise in its middle) has the values,
-    gradients and moving statistics of relu -> dw -> 1x1 -> BN -> relu -> dw -> 1x1 -> BN."""
-    layer = make(f"sep_conv_{kernel}x{kernel}", 1, SEARCH_OPTIONS)
+@pytest.mark.parametrize("kernel,stride,recompute", [(3, 1, False), (5, 1, False), (5, 2, False), (3, 1, True),
+                                                     (5, 2, True)])
+def test_sep_conv_is_its_plain_composition_holding_less(kernel, stride, recompute):
+    """The search network's separable conv (base.depthwise_block, which holds less for the backward pass,
+    with or without recomputing the depthwise outputs) has the values, gradients and moving statistics of
+    relu -> dw -> 1x1 -> BN -> relu -> dw -> 1x1 -> BN."""
+    options = pb.CompilerOptions()
+    options.CopyFrom(SEARCH_OPTIONS)
+    options.recompute_depthwise = recompute
+    layer = make(f"sep_conv_{kernel}x{kernel}", stride, options)
+    p = kernel // 2
     x = tf.random.normal([4, 7, 8, C]) * 2.0 + 0.5
 
     def bn(y):
@@ -241,13 +247,14 @@ def test_sep_conv_is_its_plain_composition_holding_less(kernel):
         tape.watch(x)
         ours = layer(x, training=True)
         stats = [v.numpy() for v in (layer.bn1.moving_mean, layer.bn1.moving_var)]
-        y = tf.nn.conv2d(tf.nn.depthwise_conv2d(tf.nn.relu(x), layer.dw1, [1, 1, 1, 1], "SAME"), layer.pw1, 1, "VALID")
-        y, m1, v1 = bn(y)
+        padded = tf.pad(tf.nn.relu(x), [[0, 0], [p, p], [p, p], [0, 0]])
+        y = tf.nn.depthwise_conv2d(padded, layer.dw1, [1, stride, stride, 1], "VALID")
+        y, m1, v1 = bn(tf.nn.conv2d(y, layer.pw1, 1, "VALID"))
         y = tf.nn.conv2d(tf.nn.depthwise_conv2d(tf.nn.relu(y), layer.dw2, [1, 1, 1, 1], "SAME"), layer.pw2, 1, "VALID")
         ref = bn(y)[0]
         loss_ours, loss_ref = tf.reduce_sum(tf.sin(ours) * ours), tf.reduce_sum(tf.sin(ref) * ref)
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
-    n = 4 * 7 * 8
+    n = 4 * (7 if stride == 1 else 4) * (8 // stride)
     np.testing.assert_allclose(stats[0], 0.1 * m1, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(stats[1], 0.9 + 0.1 * v1 * n / (n - 1), rtol=1e-4)
     for a, b in zip(tape.gradient(loss_ours, [x] + weights), tape.gradient(loss_ref, [x] + weights)):
@@ -256,6 +263,30 @@ def test_sep_conv_is_its_plain_composition_holding_less(kernel):
         tape.watch(x)
         loss = tf.reduce_sum(tf.sin(layer(x, training=True)))
     assert tape.gradient(loss, x).shape == x.shape
+
+
+@pytest.mark.parametrize("name", ["sep_conv_3x3", "dil_conv_5x5"])
+def test_recompute_depthwise_recomputes_only_for_weight_gradients(name):
+    """With the option, a weight-gradient pass runs each depthwise conv again for its 1x1 filter gradient
+    (and holds no depthwise output); an input-only (alpha) pass does not. Without it, none runs again."""
+    options = pb.CompilerOptions()
+    options.CopyFrom(SEARCH_OPTIONS)
+    counts = {}
+    for recompute in (False, True):
+        options.recompute_depthwise = recompute
+        layer = make(name, 1, options)
+        for watch in ("weights", "input"):
+            def step(x):
+                with tf.GradientTape(watch_accessed_variables=False) as tape:
+                    tape.watch([v.value for v in layer.trainable_weights] if watch == "weights" else x)
+                    loss = tf.reduce_sum(layer(x, training=True))
+                return tape.gradient(loss, layer.trainable_weights if watch == "weights" else x)
+            graph = tf.function(step).get_concrete_function(tf.TensorSpec([2, 8, 8, C])).graph
+            counts[recompute, watch] = [op.type for op in graph.get_operations()].count("DepthwiseConv2dNative")
+    forward = counts[False, "weights"]
+    assert forward == (2 if name.startswith("sep") else 1)
+    assert counts == {(False, "weights"): forward, (False, "input"): forward,
+                      (True, "weights"): 2 * forward, (True, "input"): forward}
 
 
 def test_mixed_op_copies_dilated_candidates_into_and_out_of_blocks_once():

@@ -132,3 +132,12 @@ def test_a_search_that_cannot_load_its_data_fails_fast_and_writes_nothing(tmp_pa
                                            "--set", f"data.data_dir={tmp_path / 'tfds'}"])
     assert result.exit_code == 2 and result.output.startswith("error: dataset 'mnist' is not prepared")
     assert time.perf_counter() - start < 30 and not (tmp_path / "run").exists()
+
+
+def test_the_configuration_chooses_the_search_networks_compiler_options():
+    cfg = config.load_config()
+    assert not runner.compiler_options(cfg.search.darts).recompute_depthwise
+    cfg.search.darts.lead_edges_apart = cfg.search.darts.recompute_depthwise = True
+    options = runner.compiler_options(cfg.search.darts)
+    assert options.lead_edges_apart and options.recompute_depthwise
+    assert options.group_mixed_edges and not options.affine  # compiler.SEARCH_OPTIONS otherwise

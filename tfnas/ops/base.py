@@ -303,61 +303,103 @@ def _with_gradient(name: str, forward, backprop_input, backprop_filter, x, w, **
     return y
 
 
-# batchnorm_relu_depthwise records one op whose backward pass uses tensors the forward computed unrecorded:
-# first-order gradients are exact, but an outer tape (gradients of gradients) would not see them depend on
-# the input. Code that nests tapes through a search network, or swaps the ReLU, sets this to False.
+# depthwise_block records one op whose backward pass uses tensors the forward computed unrecorded: first-
+# order gradients are exact, but an outer tape (gradients of gradients) would not see them depend on the
+# input. Code that nests tapes through a search network, or swaps the ReLU, sets this to False; the blocks
+# are then the plain composition of recorded ops.
 HOLD_LESS_FOR_BACKWARD = True
 
 
-def batchnorm_relu_depthwise(bn: BatchNorm, x, w):
-    """depthwise(relu(bn(x, training=True)), w) at stride 1, "same" padding, for a BatchNorm without
-    scale and offset; what the middle of a separable conv computes, holding less for the backward pass.
+def depthwise_block(x, dw, pw=None, padding: int = 0, stride: int = 1, bn: "BatchNorm | None" = None,
+                    training: bool = True, recompute: bool = False):
+    """[relu(bn(x)) ->] depthwise kxk (symmetric `padding`) [-> 1x1 conv `pw`, grouped as in pointwise]:
+    the layers of a separable or dilated conv between their input and their last BatchNorm.
 
-    Recorded op by op, the backward pass holds both x (for the BatchNorm's gradient) and relu(y) (for
-    the ReLU's gradient and the depthwise filter gradient), where y = bn(x) is x normalised. Here it
-    holds only y: the ReLU's gradient reads y itself, relu(y) is recomputed for the filter gradient, and
-    x - mean = y * std for the BatchNorm's gradient (which reads only the centred x). One tensor less per
-    separable conv (0.5 GiB of a DARTS CIFAR-10 search step) for two element-wise ops in the backward
-    pass. The moving statistics are updated as FusedBatchNorm updates them."""
-    if bn.affine:
-        raise ValueError("batchnorm_relu_depthwise needs a BatchNorm without scale and offset")
-    x, w = tf.convert_to_tensor(x), tf.convert_to_tensor(w)  # a variable is read here, as a tape sees it
-    scale, offset = _unit_scale_offset(bn.channels, x.dtype)
+    Recorded op by op, a training pass holds for its backward pass x, and with `bn` both x (for the
+    BatchNorm's gradient) and relu(y) (for the ReLU's and the depthwise filter's gradients), where
+    y = bn(x) is x normalised, and the depthwise output (for the 1x1 filter gradient). Recorded as one op
+    it holds y instead of x and relu(y): the ReLU's gradient reads y, relu(y) is recomputed for the filter
+    gradient, and the BatchNorm's gradient reads only the centred input, x - mean = y * std (one tensor
+    less per separable conv, 0.5 GiB of a DARTS CIFAR-10 search step, for two element-wise ops in the
+    backward pass). With `recompute` (CompilerOptions.recompute_depthwise) the depthwise output is
+    recomputed too, when the 1x1 filter gradient needs it: one more depthwise conv in a weight-gradient
+    pass for one tensor less per block (a fifth of the CIFAR-10 search step's peak). `bn` must have no
+    scale and offset (a search network's); its moving statistics are updated as FusedBatchNorm does."""
+    if stride != 1:  # padded first, as depthwise() does, to stay on the oneDNN kernels
+        x = tf.pad(x, [[0, 0], [padding, padding], [padding, padding], [0, 0]])
+    conv_padding = "SAME" if stride == 1 else "VALID"
+    grouped_ok = pw is None or x.shape[-1] == pw.shape[2] or grouped_conv_supported()
+    if not (HOLD_LESS_FOR_BACKWARD and training and grouped_ok and (bn is None or not bn.affine)
+            and dw.shape[0] == 2 * padding + 1):
+        if bn is not None:
+            x = tf.nn.relu(bn(x, training))
+        y = depthwise(x, dw, stride, padding) if stride == 1 else _depthwise(x, dw, stride, "VALID")
+        return y if pw is None else pointwise(y, pw)
+    x, dw = tf.convert_to_tensor(x), tf.convert_to_tensor(dw)  # a variable is read here, as a tape sees it
+    pw = None if pw is None else tf.convert_to_tensor(pw)
+    attrs = dict(strides=[1, stride, stride, 1], padding=conv_padding, data_format="NHWC")
     with record.stop_recording():
-        # Factor 1: the op returns this batch's mean and (unbiased) variance, which give the std below
-        # on every device (the reserve outputs hold the variance on CPU, its inverse root on GPU).
-        y, mean, var, _, saved_var = tf.raw_ops.FusedBatchNorm(
-            x=x, scale=scale, offset=offset, mean=bn.moving_mean.value, variance=bn.moving_var.value,
-            epsilon=BN_EPSILON, exponential_avg_factor=1.0, data_format="NHWC", is_training=True)
-        for moving, batch in ((bn.moving_mean, mean), (bn.moving_var, var)):  # (1 - m) * old + m * batch
-            tf.raw_ops.AssignSubVariableOp(resource=moving.handle, value=(moving.value - batch) * BN_MOMENTUM)
-        pixels = y.shape[:3].num_elements() or tf.cast(tf.size(y) // bn.channels, var.dtype)
-        std = tf.sqrt(var * ((pixels - 1) / pixels) + BN_EPSILON)  # of this batch, from the unbiased variance
-        out = tf.raw_ops.DepthwiseConv2dNative(input=tf.nn.relu(y), filter=w, strides=[1, 1, 1, 1], padding="SAME",
-                                               data_format="NHWC")
-    need_x, need_w = record.should_record_backprop([x]), record.should_record_backprop([w])
-    if need_x or need_w:
-        def backward(d_out):
-            grads = []
-            if need_x:
-                d_relu = tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
-                    input_sizes=_shape(y), filter=w, out_backprop=d_out, strides=[1, 1, 1, 1], padding="SAME",
-                    data_format="NHWC")
-                with tf.control_dependencies([d_out]):  # made in the backward pass, not held from the forward
-                    centred = y * std
-                grads.append(tf.raw_ops.FusedBatchNormGrad(
-                    y_backprop=tf.raw_ops.ReluGrad(gradients=d_relu, features=y), x=centred, scale=scale,
-                    reserve_space_1=offset, reserve_space_2=saved_var, epsilon=BN_EPSILON,  # offset: zeros
-                    data_format="NHWC", is_training=True)[0])
-            if need_w:
-                with tf.control_dependencies([d_out]):
-                    relu = tf.nn.relu(y)
-                grads.append(_depthwise_backprop_filter(input=relu, filter_sizes=_shape(w), out_backprop=d_out,
-                                                        strides=[1, 1, 1, 1], padding="SAME", data_format="NHWC"))
-            return grads
+        if bn is None:
+            held = activated = x
+        else:
+            scale, offset = _unit_scale_offset(bn.channels, x.dtype)
+            # Factor 1: the op returns this batch's mean and (unbiased) variance, which give the std below
+            # on every device (the reserve outputs hold the variance on CPU, its inverse root on GPU).
+            held, mean, var, _, saved_var = tf.raw_ops.FusedBatchNorm(
+                x=x, scale=scale, offset=offset, mean=bn.moving_mean.value, variance=bn.moving_var.value,
+                epsilon=BN_EPSILON, exponential_avg_factor=1.0, data_format="NHWC", is_training=True)
+            for moving, batch in ((bn.moving_mean, mean), (bn.moving_var, var)):  # (1 - m) * old + m * batch
+                tf.raw_ops.AssignSubVariableOp(resource=moving.handle, value=(moving.value - batch) * BN_MOMENTUM)
+            pixels = held.shape[:3].num_elements() or tf.cast(tf.size(held) // bn.channels, var.dtype)
+            std = tf.sqrt(var * ((pixels - 1) / pixels) + BN_EPSILON)  # of this batch, from the unbiased variance
+            activated = tf.nn.relu(held)
+        mid = tf.raw_ops.DepthwiseConv2dNative(input=activated, filter=dw, **attrs)
+        out = mid if pw is None else tf.raw_ops.Conv2D(input=mid, filter=pw, strides=[1, 1, 1, 1], padding="VALID",
+                                                       data_format="NHWC")
+    inputs = [t for t in (x, dw, pw) if t is not None]
+    needs = [record.should_record_backprop([t]) for t in inputs]
+    if not any(needs):
+        return out
+    need_x, need_dw, need_pw = needs + [False] * (3 - len(needs))
 
-        record.record_operation("BatchNormReluDepthwise", [out], [t for t, need in ((x, need_x), (w, need_w)) if need],
-                                backward)
+    def again(t):
+        """t recomputed in the backward pass, not held from the forward (it waits for the gradient)."""
+        with tf.control_dependencies([d_out]):
+            return t()
+
+    def backward(grad):
+        nonlocal d_out
+        d_out = grad
+        grads = []
+        d_mid = d_out
+        if pw is not None:
+            if need_x or need_dw:
+                d_mid = tf.raw_ops.Conv2DBackpropInput(input_sizes=_shape(mid), filter=pw, out_backprop=d_out,
+                                                       strides=[1, 1, 1, 1], padding="VALID", data_format="NHWC")
+        act = None
+        if need_x:
+            d_act = tf.raw_ops.DepthwiseConv2dNativeBackpropInput(input_sizes=_shape(held), filter=dw,
+                                                                  out_backprop=d_mid, **attrs)
+            if bn is None:
+                grads.append(d_act)
+            else:
+                grads.append(tf.raw_ops.FusedBatchNormGrad(
+                    y_backprop=tf.raw_ops.ReluGrad(gradients=d_act, features=held), x=again(lambda: held * std),
+                    scale=scale, reserve_space_1=offset, reserve_space_2=saved_var,  # offset: zeros
+                    epsilon=BN_EPSILON, data_format="NHWC", is_training=True)[0])
+        if need_dw or (need_pw and recompute):
+            act = activated if bn is None else again(lambda: tf.nn.relu(held))
+        if need_dw:
+            grads.append(_depthwise_backprop_filter(input=act, filter_sizes=_shape(dw), out_backprop=d_mid, **attrs))
+        if need_pw:
+            m = again(lambda: tf.raw_ops.DepthwiseConv2dNative(input=act, filter=dw, **attrs)) \
+                if recompute else mid
+            grads.append(tf.raw_ops.Conv2DBackpropFilter(input=m, filter_sizes=_shape(pw), out_backprop=d_out,
+                                                         strides=[1, 1, 1, 1], padding="VALID", data_format="NHWC"))
+        return grads
+
+    d_out = None
+    record.record_operation("DepthwiseBlock", [out], [t for t, need in zip(inputs, needs) if need], backward)
     return out
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tfnas.ops import base
-from tfnas.ops.base import BatchNorm, OpLayer, batchnorm_relu_depthwise, conv2d, depthwise, fits_blocks, from_blocks, pad_amount, pointwise
+from tfnas.ops.base import (BatchNorm, OpLayer, conv2d, depthwise, depthwise_block, fits_blocks, from_blocks,
+                            pad_amount, pointwise)
 from tfnas.ops.registry import register
 
 # Candidate operations of DARTS, in the order of the reference code (the alpha column order).
@@ -64,13 +64,11 @@ class SepConv(OpLayer):
         self.finish_build()
 
     def call(self, x, training=False, shared=None, weight=None):
-        x = depthwise(self.relu_input(x, shared, spread=True), self.dw1, self.stride, self.padding)
-        x = pointwise(x, self.pw1)
-        if training and not self.bn1.affine and base.HOLD_LESS_FOR_BACKWARD:  # search: the same, holding less
-            x = batchnorm_relu_depthwise(self.bn1, x, self.dw2)
-        else:
-            x = depthwise(tf.nn.relu(self.bn1(x, training)), self.dw2, 1, self.padding)
-        return self.bn2(pointwise(x, self.pw2), training, weight)
+        recompute = self.options.recompute_depthwise
+        x = depthwise_block(self.relu_input(x, shared, spread=True), self.dw1, self.pw1, self.padding, self.stride,
+                            training=training, recompute=recompute)
+        x = depthwise_block(x, self.dw2, self.pw2, self.padding, bn=self.bn1, training=training, recompute=recompute)
+        return self.bn2(x, training, weight)
 
     def macs(self, h, w):
         oh, ow = self.out_size(h, w)
@@ -107,9 +105,10 @@ class DilConv(OpLayer):
 
     def call(self, x, training=False, shared=None, weight=None, blocked=False):
         if self.blocks(x):
-            y = depthwise(self.relu_input(x, shared, spread=True, blocks=self.DILATION), self.dw, 1,
-                          pad_amount(self.dw.shape[0]))
-            y = self.bn(pointwise(y, self.pw), training, weight)
+            y = depthwise_block(self.relu_input(x, shared, spread=True, blocks=self.DILATION), self.dw, self.pw,
+                                pad_amount(self.dw.shape[0]), training=training,
+                                recompute=self.options.recompute_depthwise)
+            y = self.bn(y, training, weight)
             return y if blocked else from_blocks(y, self.DILATION)
         if blocked:
             raise ValueError(f"operation {self.desc.id or self.desc.name}: no block layout for input {x.shape}")

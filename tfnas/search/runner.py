@@ -52,6 +52,16 @@ def prepare_run_dir(out_dir: str | pathlib.Path, config: config_pb2.ExperimentCo
     return out
 
 
+def compiler_options(darts_cfg: config_pb2.DartsConfig) -> pb.CompilerOptions:
+    """The search network's compiler options: compiler.SEARCH_OPTIONS with the configuration's choices of
+    speed against start-up (lead_edges_apart) and memory (recompute_depthwise)."""
+    options = pb.CompilerOptions()
+    options.CopyFrom(compiler.SEARCH_OPTIONS)
+    options.lead_edges_apart = darts_cfg.lead_edges_apart
+    options.recompute_depthwise = darts_cfg.recompute_depthwise
+    return options
+
+
 def search(config: config_pb2.ExperimentConfig, out_dir: str | pathlib.Path, verbose: int = 1,
            stop_after_steps: int | None = None, dataset: data_lib.Dataset | None = None) -> pb.ModelDesc | None:
     """Runs (or resumes) a search; returns the final descriptor (None if stopped early on purpose).
@@ -82,10 +92,7 @@ def search(config: config_pb2.ExperimentConfig, out_dir: str | pathlib.Path, ver
     supernet = darts.build_supernet(macro_desc, list(s.darts.primitives), s.darts.alpha_init_scale,
                                     seed=int(config.seed))
     supernet.source = f"darts search ({config.name or 'unnamed'})"
-    options = pb.CompilerOptions()
-    options.CopyFrom(compiler.SEARCH_OPTIONS)
-    options.lead_edges_apart = s.darts.lead_edges_apart
-    net = compiler.compile_model(supernet, options)
+    net = compiler.compile_model(supernet, compiler_options(s.darts))
     weight_opt = optim.make_optimizer(s.trainer.optimizer, s.trainer.epochs, steps, "weight_optimizer")
     alpha_opt = optim.make_optimizer(s.darts.alpha_optimizer, s.trainer.epochs, steps, "alpha_optimizer")
     searcher = BilevelSearch(net, weight_opt, alpha_opt, s.trainer.optimizer, s.darts.alpha_optimizer,
