@@ -331,15 +331,17 @@ def build_search_network(c: Child, seed: int, cfg):
                                        stem_multiplier=STEM_MULTIPLIER)
     macro_desc = macro.build_macro(macro_cfg, IMAGE_SHAPE, NUM_CLASSES)
     supernet = darts.build_supernet(macro_desc, primitives, cfg.search.darts.alpha_init_scale, seed=seed)
-    # search.darts.lead_edges_apart of the configuration (false by default; the CIFAR configs set it):
-    # TFNAS_LEAD_EDGES_APART=1 measures with it, as TFNAS_GRAPPLER=1 measures with trainer.graph_optimizer.
-    from tfnas.proto import descriptors_pb2
-    options = descriptors_pb2.CompilerOptions()
-    options.CopyFrom(compiler.SEARCH_OPTIONS)
-    options.lead_edges_apart = os.environ.get("TFNAS_LEAD_EDGES_APART") == "1"
+    # The configuration's speed and memory settings (off by default; the CIFAR configs set both):
+    # TFNAS_LEAD_EDGES_APART=1 and TFNAS_RECOMPUTE_DEPTHWISE=1 measure with search.darts.lead_edges_apart and
+    # search.darts.recompute_depthwise, as TFNAS_GRAPPLER=1 measures with trainer.graph_optimizer.
+    from tfnas.search import runner
+    darts_cfg = config_pb2.DartsConfig()
+    darts_cfg.CopyFrom(cfg.search.darts)
+    darts_cfg.lead_edges_apart = os.environ.get("TFNAS_LEAD_EDGES_APART") == "1"
+    darts_cfg.recompute_depthwise = os.environ.get("TFNAS_RECOMPUTE_DEPTHWISE") == "1"
+    options = runner.compiler_options(darts_cfg)
     c.result["lead_edges_apart"] = options.lead_edges_apart
-    options.recompute_depthwise = os.environ.get("TFNAS_RECOMPUTE_DEPTHWISE") == "1"  # the same, for
-    c.result["recompute_depthwise"] = options.recompute_depthwise  # search.darts.recompute_depthwise
+    c.result["recompute_depthwise"] = options.recompute_depthwise
     return compiler.compile_model(supernet, options)
 
 

@@ -19,6 +19,13 @@ def _seeded():
 C = 6
 
 
+def mixed_desc(stride, candidates=CANDIDATES):
+    desc = pb.OpDesc(name="mixed", id="m", stride=stride, in_channels=C, out_channels=C)
+    for n in candidates:
+        desc.candidates.add(name=n, id=f"m.{n}", stride=stride, in_channels=C, out_channels=C)
+    return desc
+
+
 def make(name, stride, options, **fields):
     return ops.create(pb.OpDesc(name=name, id=f"t.{name}", stride=stride, in_channels=C, out_channels=C, **fields),
                       options)
@@ -90,9 +97,7 @@ def test_dilated_stride2_equals_dilated_conv_then_subsample():
 
 
 def test_mixed_op_weights_candidates_and_adds_pool_bn():
-    desc = pb.OpDesc(name="mixed", id="m", stride=1, in_channels=C, out_channels=C)
-    for n in ("none", "max_pool_3x3", "skip_connect"):
-        desc.candidates.add(name=n, id=f"m.{n}", stride=1, in_channels=C, out_channels=C)
+    desc = mixed_desc(1, ("none", "max_pool_3x3", "skip_connect"))
     mixed = ops.create(desc, SEARCH_OPTIONS)
     x = tf.random.normal([4, 5, 5, C])
     y, = mixed(x, weights=tf.constant([[0.2, 0.3, 0.5]]), training=False)
@@ -292,10 +297,7 @@ def test_recompute_depthwise_recomputes_only_for_weight_gradients(name):
 def test_mixed_op_copies_dilated_candidates_into_and_out_of_blocks_once():
     """The dilated candidates of a mixed op share one space-to-batch copy of their input and are summed
     before one batch-to-space copy (on even sizes)."""
-    desc = pb.OpDesc(name="mixed", id="m", stride=1, in_channels=C, out_channels=C)
-    for n in CANDIDATES:
-        desc.candidates.add(name=n, id=f"m.{n}", stride=1, in_channels=C, out_channels=C)
-    mixed = ops.create(desc, SEARCH_OPTIONS, copies=2)
+    mixed = ops.create(mixed_desc(1), SEARCH_OPTIONS, copies=2)
     weights = tf.nn.softmax(tf.random.normal([2, len(CANDIDATES)]))
     graph = tf.function(lambda x: mixed(x, weights=weights, training=True)).get_concrete_function(
         tf.TensorSpec([4, 8, 8, C])).graph
@@ -307,10 +309,7 @@ def test_mixed_op_copies_dilated_candidates_into_and_out_of_blocks_once():
 def test_mixed_op_is_the_softmax_weighted_sum_of_its_candidates(stride, copies, size):
     """The weights folded into the candidates' last BatchNorm give exactly sum_c w_c * op_c(x), per edge,
     alpha gradients included."""
-    desc = pb.OpDesc(name="mixed", id="m", stride=stride, in_channels=C, out_channels=C)
-    for n in CANDIDATES:
-        desc.candidates.add(name=n, id=f"m.{n}", stride=stride, in_channels=C, out_channels=C)
-    mixed = ops.create(desc, SEARCH_OPTIONS, copies=copies)
+    mixed = ops.create(mixed_desc(stride), SEARCH_OPTIONS, copies=copies)
     x = tf.random.normal([4, size, size, C])
     alphas = tf.Variable(tf.random.normal([copies, len(CANDIDATES)]))
     with tf.GradientTape(persistent=True) as tape:

@@ -325,19 +325,19 @@ def depthwise_block(x, dw, pw=None, padding: int = 0, stride: int = 1, bn: "Batc
     recomputed too, when the 1x1 filter gradient needs it: one more depthwise conv in a weight-gradient
     pass for one tensor less per block (a fifth of the CIFAR-10 search step's peak). `bn` must have no
     scale and offset (a search network's); its moving statistics are updated as FusedBatchNorm does."""
-    if stride != 1:  # padded first, as depthwise() does, to stay on the oneDNN kernels
-        x = tf.pad(x, [[0, 0], [padding, padding], [padding, padding], [0, 0]])
-    conv_padding = "SAME" if stride == 1 else "VALID"
     grouped_ok = pw is None or x.shape[-1] == pw.shape[2] or grouped_conv_supported()
     if not (HOLD_LESS_FOR_BACKWARD and training and grouped_ok and (bn is None or not bn.affine)
             and dw.shape[0] == 2 * padding + 1):
         if bn is not None:
             x = tf.nn.relu(bn(x, training))
-        y = depthwise(x, dw, stride, padding) if stride == 1 else _depthwise(x, dw, stride, "VALID")
+        y = depthwise(x, dw, stride, padding)
         return y if pw is None else pointwise(y, pw)
+    if stride != 1:  # padded first, as depthwise() does, to stay on the oneDNN kernels
+        x = tf.pad(x, [[0, 0], [padding, padding], [padding, padding], [0, 0]])
     x, dw = tf.convert_to_tensor(x), tf.convert_to_tensor(dw)  # a variable is read here, as a tape sees it
     pw = None if pw is None else tf.convert_to_tensor(pw)
-    attrs = dict(strides=[1, stride, stride, 1], padding=conv_padding, data_format="NHWC")
+    attrs = dict(strides=[1, stride, stride, 1], padding="SAME" if stride == 1 else "VALID", data_format="NHWC")
+    pw_attrs = dict(strides=[1, 1, 1, 1], padding="VALID", data_format="NHWC")
     with record.stop_recording():
         if bn is None:
             held = activated = x
@@ -354,29 +354,23 @@ def depthwise_block(x, dw, pw=None, padding: int = 0, stride: int = 1, bn: "Batc
             std = tf.sqrt(var * ((pixels - 1) / pixels) + BN_EPSILON)  # of this batch, from the unbiased variance
             activated = tf.nn.relu(held)
         mid = tf.raw_ops.DepthwiseConv2dNative(input=activated, filter=dw, **attrs)
-        out = mid if pw is None else tf.raw_ops.Conv2D(input=mid, filter=pw, strides=[1, 1, 1, 1], padding="VALID",
-                                                       data_format="NHWC")
+        out = mid if pw is None else tf.raw_ops.Conv2D(input=mid, filter=pw, **pw_attrs)
     inputs = [t for t in (x, dw, pw) if t is not None]
     needs = [record.should_record_backprop([t]) for t in inputs]
     if not any(needs):
         return out
     need_x, need_dw, need_pw = needs + [False] * (3 - len(needs))
 
-    def again(t):
-        """t recomputed in the backward pass, not held from the forward (it waits for the gradient)."""
-        with tf.control_dependencies([d_out]):
-            return t()
+    def backward(d_out):
+        def again(make):
+            """make() in the backward pass, not held from the forward (it waits for the gradient)."""
+            with tf.control_dependencies([d_out]):
+                return make()
 
-    def backward(grad):
-        nonlocal d_out
-        d_out = grad
         grads = []
         d_mid = d_out
-        if pw is not None:
-            if need_x or need_dw:
-                d_mid = tf.raw_ops.Conv2DBackpropInput(input_sizes=_shape(mid), filter=pw, out_backprop=d_out,
-                                                       strides=[1, 1, 1, 1], padding="VALID", data_format="NHWC")
-        act = None
+        if pw is not None and (need_x or need_dw):
+            d_mid = tf.raw_ops.Conv2DBackpropInput(input_sizes=_shape(mid), filter=pw, out_backprop=d_out, **pw_attrs)
         if need_x:
             d_act = tf.raw_ops.DepthwiseConv2dNativeBackpropInput(input_sizes=_shape(held), filter=dw,
                                                                   out_backprop=d_mid, **attrs)
@@ -395,10 +389,9 @@ def depthwise_block(x, dw, pw=None, padding: int = 0, stride: int = 1, bn: "Batc
             m = again(lambda: tf.raw_ops.DepthwiseConv2dNative(input=act, filter=dw, **attrs)) \
                 if recompute else mid
             grads.append(tf.raw_ops.Conv2DBackpropFilter(input=m, filter_sizes=_shape(pw), out_backprop=d_out,
-                                                         strides=[1, 1, 1, 1], padding="VALID", data_format="NHWC"))
+                                                         **pw_attrs))
         return grads
 
-    d_out = None
     record.record_operation("DepthwiseBlock", [out], [t for t, need in zip(inputs, needs) if need], backward)
     return out
 
