@@ -319,9 +319,8 @@ def depthwise_block(x, dw, pw=None, padding: int = 0, stride: int = 1, bn: "Batc
     BatchNorm's gradient) and relu(y) (for the ReLU's and the depthwise filter's gradients), where
     y = bn(x) is x normalised, and the depthwise output (for the 1x1 filter gradient). Recorded as one op
     it holds y instead of x and relu(y): the ReLU's gradient reads y, relu(y) is recomputed for the filter
-    gradient, and the BatchNorm's gradient reads only the centred input, x - mean = y * std (one tensor
-    less per separable conv, 0.5 GiB of a DARTS CIFAR-10 search step, for two element-wise ops in the
-    backward pass). With `recompute` (CompilerOptions.recompute_depthwise) the depthwise output is
+    gradient, and the BatchNorm's gradient needs only y and the batch's std (one tensor less per separable
+    conv, 0.5 GiB of a DARTS CIFAR-10 search step, for one element-wise op in the backward pass). With `recompute` (CompilerOptions.recompute_depthwise) the depthwise output is
     recomputed too, when the 1x1 filter gradient needs it: one more depthwise conv in a weight-gradient
     pass for one tensor less per block (a fifth of the CIFAR-10 search step's peak). `bn` must have no
     scale and offset (a search network's); its moving statistics are updated as FusedBatchNorm does."""
@@ -345,13 +344,14 @@ def depthwise_block(x, dw, pw=None, padding: int = 0, stride: int = 1, bn: "Batc
             scale, offset = _unit_scale_offset(bn.channels, x.dtype)
             # Factor 1: the op returns this batch's mean and (unbiased) variance, which give the std below
             # on every device (the reserve outputs hold the variance on CPU, its inverse root on GPU).
-            held, mean, var, _, saved_var = tf.raw_ops.FusedBatchNorm(
+            held, mean, var, *_ = tf.raw_ops.FusedBatchNorm(
                 x=x, scale=scale, offset=offset, mean=bn.moving_mean.value, variance=bn.moving_var.value,
                 epsilon=BN_EPSILON, exponential_avg_factor=1.0, data_format="NHWC", is_training=True)
             for moving, batch in ((bn.moving_mean, mean), (bn.moving_var, var)):  # (1 - m) * old + m * batch
                 tf.raw_ops.AssignSubVariableOp(resource=moving.handle, value=(moving.value - batch) * BN_MOMENTUM)
             pixels = held.shape[:3].num_elements() or tf.cast(tf.size(held) // bn.channels, var.dtype)
             std = tf.sqrt(var * ((pixels - 1) / pixels) + BN_EPSILON)  # of this batch, from the unbiased variance
+            inv_std = 1.0 / std
             activated = tf.nn.relu(held)
         mid = tf.raw_ops.DepthwiseConv2dNative(input=activated, filter=dw, **attrs)
         out = mid if pw is None else tf.raw_ops.Conv2D(input=mid, filter=pw, **pw_attrs)
@@ -377,10 +377,14 @@ def depthwise_block(x, dw, pw=None, padding: int = 0, stride: int = 1, bn: "Batc
             if bn is None:
                 grads.append(d_act)
             else:
+                # The gradient of a BatchNorm, dx = scale / std * (dy - mean(dy) - y * mean(dy * y)), from y
+                # itself: mean 0 and variance 1 with epsilon 0 make the op's normalisation the identity
+                # (on CPU it reads the variance, on GPU its inverse root: 1 either way), and 1 / std is
+                # the scale. Before, the op got x - mean back as y * std: one more full-size pass.
                 grads.append(tf.raw_ops.FusedBatchNormGrad(
-                    y_backprop=tf.raw_ops.ReluGrad(gradients=d_act, features=held), x=again(lambda: held * std),
-                    scale=scale, reserve_space_1=offset, reserve_space_2=saved_var,  # offset: zeros
-                    epsilon=BN_EPSILON, data_format="NHWC", is_training=True)[0])
+                    y_backprop=tf.raw_ops.ReluGrad(gradients=d_act, features=held), x=held, scale=inv_std,
+                    reserve_space_1=offset, reserve_space_2=scale,  # zeros and ones
+                    epsilon=0.0, data_format="NHWC", is_training=True)[0])
         if need_dw or (need_pw and recompute):
             act = activated if bn is None else again(lambda: tf.nn.relu(held))
         if need_dw:
