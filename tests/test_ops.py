@@ -333,6 +333,32 @@ def test_mixed_op_is_the_softmax_weighted_sum_of_its_candidates(stride, copies, 
     np.testing.assert_allclose(tape.gradient(loss, alphas), tape.gradient(loss_ref, alphas), rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_grouped_pool_batchnorms_keep_one_edges_moving_statistics(stride):
+    """With k copies a pool's BatchNorm runs over the k tiled copies, each weighted by its edge: its moving
+    statistics must still be those of the single edge's BatchNorm, and so must its outputs."""
+    candidates = ("max_pool_3x3", "avg_pool_3x3")
+    grouped = ops.create(mixed_desc(stride, candidates), SEARCH_OPTIONS, copies=3)
+    single = ops.create(mixed_desc(stride, candidates), SEARCH_OPTIONS)
+    x = tf.random.normal([4, 7, 7, C]) * 2.0 + 1.0
+    weights = tf.nn.softmax(tf.random.normal([3, len(candidates)]))
+    ys = grouped(x, weights=weights, training=True)
+    ref, = single(x, weights=weights[:1], training=True)  # one training call each: equal statistics
+    for (_, _, bn_g), (_, _, bn_s) in zip(grouped.branches, single.branches):
+        assert bn_g.moving_mean.shape == (C,)
+        assert not np.allclose(bn_g.moving_mean.numpy(), 0) and not np.allclose(bn_g.moving_var.numpy(), 1)
+        for a, b in ((bn_g.moving_mean, bn_s.moving_mean), (bn_g.moving_var, bn_s.moving_var)):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(ys[0], ref, rtol=1e-5, atol=1e-5)
+    # Inference reads the moving statistics, tiled alike for every copy.
+    for e, y in enumerate(grouped(x, weights=weights, training=False)):
+        ref, = single(x, weights=weights[e:e + 1], training=False)
+        np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+    for e in (1, 2):  # in training, the batch statistics
+        ref, = single(x, weights=weights[e:e + 1], training=True)
+        np.testing.assert_allclose(ys[e], ref, rtol=1e-5, atol=1e-5)
+
+
 CONV_CASES = {  # name: (our op, tf.nn reference, input channels, filter shape)
     "conv3x3-s1": (lambda x, w: _base().conv2d(x, w, 1, 1),
                    lambda x, w: tf.nn.conv2d(x, w, 1, [[0, 0], [1, 1], [1, 1], [0, 0]]), C, [3, 3, C, 4]),

@@ -136,25 +136,38 @@ class BatchNorm:
         self.moving_var = owner.add_weight(name=f"{name}_var", shape=(channels,), initializer="ones",
                                            trainable=False)
 
-    def __call__(self, x, training: bool, weight=None):
+    def __call__(self, x, training: bool, weight=None, copies: int = 1):
         """`weight`: a per-channel factor for the output (a mixed op's softmax weight), folded into the
         fused op's scale and offset: no separate multiply, and the op's own scale gradient is the
-        weight's (forward and backward, that multiply was the largest element-wise cost of a step)."""
+        weight's (forward and backward, that multiply was the largest element-wise cost of a step).
+
+        `copies=k`: x is k copies of this BatchNorm's input side by side (tile_channels), each to be
+        normalised alike and weighted by its slice of `weight`. Every copy has the same batch statistics,
+        so the op runs over all k * channels with the moving statistics tiled, and the first copy's
+        updated averages are kept."""
+        channels = self.channels * copies
         if self.affine:
+            if copies > 1:
+                raise ValueError("BatchNorm copies are for non-affine BatchNorms (a search network's)")
             scale, offset = self.gamma.value, self.beta.value
             if weight is not None:
                 scale, offset = scale * weight, offset * weight
         else:
-            scale, offset = _unit_scale_offset(self.channels, x.dtype)
+            scale, offset = _unit_scale_offset(channels, x.dtype)
             if weight is not None:
                 scale = weight
+        moving_mean, moving_var = self.moving_mean.value, self.moving_var.value
+        if copies > 1:
+            moving_mean, moving_var = (tf.tile(v, [copies]) for v in (moving_mean, moving_var))
         # FusedBatchNorm (v1), not V3: the same CPU/GPU kernels, but the gradient tape knows that v1's
         # gradient ignores its statistics outputs, where for V3 it builds zero gradients for all five of
         # them: 5 fewer ops per BatchNorm and pass to trace (about 10% of a search step's graph).
         if training:
             y, mean, var, *_ = tf.raw_ops.FusedBatchNorm(
-                x=x, scale=scale, offset=offset, mean=self.moving_mean.value, variance=self.moving_var.value,
+                x=x, scale=scale, offset=offset, mean=moving_mean, variance=moving_var,
                 epsilon=BN_EPSILON, exponential_avg_factor=BN_MOMENTUM, data_format="NHWC", is_training=True)
+            if copies > 1:
+                mean, var = mean[:self.channels], var[:self.channels]
             # The op returns the updated moving averages when exponential_avg_factor != 1. Raw assignments:
             # Keras's `assign` costs milliseconds of Python per call while a step is traced, and no
             # gradient flows into an assignment.
@@ -162,7 +175,7 @@ class BatchNorm:
             tf.raw_ops.AssignVariableOp(resource=self.moving_var.handle, value=var)
             return y
         y, *_ = tf.raw_ops.FusedBatchNorm(
-            x=x, scale=scale, offset=offset, mean=self.moving_mean.value, variance=self.moving_var.value,
+            x=x, scale=scale, offset=offset, mean=moving_mean, variance=moving_var,
             epsilon=BN_EPSILON, data_format="NHWC", is_training=False)
         return y
 

@@ -7,8 +7,9 @@ code, search-time pooling candidates are followed by a non-affine BatchNorm.
 
 Built with `copies=k`, one MixedOp is the k mixed edges of a cell that read the same state (see
 `OpLayer`): each weighted candidate runs once with k weight sets side by side, and the weightless ones
-(pools and their non-affine BatchNorm, identity) run once for all k edges, since in training their
-outputs and batch statistics are the same for every edge (and so are their moving averages). The
+(pools, identity) run once for all k edges. A pool's non-affine BatchNorm has the same batch statistics
+(and so the same moving averages) for every edge; it runs once over the k copies of the pool's output,
+with each edge's softmax weight folded in as its scale, as the weighted candidates fold theirs. The
 result is the k edges' outputs, each exactly the single-edge mixed op's.
 """
 from __future__ import annotations
@@ -67,10 +68,12 @@ class MixedOp(OpLayer):
                 (blocked.setdefault(block, []) if block else terms).append(y)
                 continue
             y = layer(x, training=training, **kwargs)
-            if bn is not None:
-                y = bn(y, training)
-            if k > 1 and layer.out_copies == 1:
+            shared_out = k > 1 and layer.out_copies == 1
+            if shared_out:
                 y = tile_channels(y, k)  # one output for all k edges
+            if bn is not None:  # the weight folded into the pool's BatchNorm, over all k copies at once
+                terms.append(bn(y, training, weight=columns[column], copies=k if shared_out else 1))
+                continue
             # A per-channel vector on the last axis: TF's fast broadcasting path, forward and backward.
             terms.append(columns[column] * y)
         for block, ys in blocked.items():  # summed in block layout, copied back once
