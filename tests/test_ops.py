@@ -338,6 +338,19 @@ def test_mixed_op_is_the_softmax_weighted_sum_of_its_candidates(stride, copies, 
     np.testing.assert_allclose(tape.gradient(loss, alphas), tape.gradient(loss_ref, alphas), rtol=1e-3, atol=1e-5)
 
 
+def _pool_bn_widths(stride, watch_weights):
+    """The channel counts of the FusedBatchNorms a grouped pool-only mixed op (3 copies) runs in training."""
+    mixed = ops.create(mixed_desc(stride, ("max_pool_3x3",)), SEARCH_OPTIONS, copies=3)
+
+    def step(x, w):
+        with tf.GradientTape() as tape:
+            tape.watch(w if watch_weights else x)
+            ys = mixed(x, weights=w, training=True)
+        return tape.gradient(ys, w if watch_weights else x)
+    graph = tf.function(step).get_concrete_function(tf.TensorSpec([2, 8, 8, C]), tf.TensorSpec([3, 1])).graph
+    return {int(op.inputs[1].shape[0]) for op in graph.get_operations() if op.type == "FusedBatchNorm"}
+
+
 @pytest.mark.parametrize("fold", [True, False])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_grouped_pool_batchnorms_keep_one_edges_moving_statistics(stride, fold, monkeypatch):
@@ -346,12 +359,18 @@ def test_grouped_pool_batchnorms_keep_one_edges_moving_statistics(stride, fold, 
     single edge's BatchNorm, and so must its outputs, in training and in inference."""
     from tfnas.ops import mixed as mixed_lib
     monkeypatch.setattr(mixed_lib, "_fold_pool_weight", lambda copies, channels: fold)
+    if fold:  # folding happens in passes that differentiate the weights only; the graph shows which ran
+        assert _pool_bn_widths(stride, watch_weights=True) == {3 * C}
+        assert _pool_bn_widths(stride, watch_weights=False) == {C}
     candidates = ("max_pool_3x3", "avg_pool_3x3")
     grouped = ops.create(mixed_desc(stride, candidates), SEARCH_OPTIONS, copies=3)
     single = ops.create(mixed_desc(stride, candidates), SEARCH_OPTIONS)
     x = tf.random.normal([4, 7, 7, C]) * 2.0 + 1.0
     weights = tf.nn.softmax(tf.random.normal([3, len(candidates)]))
-    ys = grouped(x, weights=weights, training=True)
+    with tf.GradientTape() as tape:  # an alpha pass: the weights are differentiated
+        tape.watch(weights)
+        ys = grouped(x, weights=weights, training=True)
+    assert tape.gradient(ys, weights) is not None
     ref, = single(x, weights=weights[:1], training=True)  # one training call each: equal statistics
     for (_, _, bn_g), (_, _, bn_s) in zip(grouped.branches, single.branches):
         assert bn_g.moving_mean.shape == (C,)
