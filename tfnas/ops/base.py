@@ -333,9 +333,10 @@ def depthwise_block(x, dw, pw=None, padding: int = 0, stride: int = 1, bn: "Batc
     y = bn(x) is x normalised, and the depthwise output (for the 1x1 filter gradient). Recorded as one op
     it holds y instead of x and relu(y): the ReLU's gradient reads y, relu(y) is recomputed for the filter
     gradient, and the BatchNorm's gradient needs only y and the batch's std (one tensor less per separable
-    conv, 0.5 GiB of a DARTS CIFAR-10 search step, for one element-wise op in the backward pass). With `recompute` (CompilerOptions.recompute_depthwise) the depthwise output is
-    recomputed too, when the 1x1 filter gradient needs it: one more depthwise conv in a weight-gradient
-    pass for one tensor less per block (a fifth of the CIFAR-10 search step's peak). `bn` must have no
+    conv, 0.5 GiB of a DARTS CIFAR-10 search step, for one element-wise op in the backward pass). With
+    `recompute` (CompilerOptions.recompute_depthwise) the depthwise output is recomputed too, when the 1x1
+    filter gradient needs it: one more depthwise conv in a weight-gradient pass for one tensor less per
+    block (a fifth of the CIFAR-10 search step's peak). `bn` must have no
     scale and offset (a search network's); its moving statistics are updated as FusedBatchNorm does."""
     grouped_ok = pw is None or x.shape[-1] == pw.shape[2] or grouped_conv_supported()
     if not (HOLD_LESS_FOR_BACKWARD and training and grouped_ok and (bn is None or not bn.affine)

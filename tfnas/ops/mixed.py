@@ -11,8 +11,7 @@ Built with `copies=k`, one MixedOp is the k mixed edges of a cell that read the 
 (and so the same moving averages) for every edge; it runs once, either over the pool's output before
 it is tiled and weighted, or, in alpha passes where that is faster (`_fold_pool_weight`), over the k
 copies of that output with each edge's softmax weight folded in as its scale, as the weighted candidates
-fold theirs.
-The result is the k edges' outputs, each exactly the single-edge mixed op's.
+fold theirs. The result is the k edges' outputs, each exactly the single-edge mixed op's.
 """
 from __future__ import annotations
 
@@ -61,8 +60,8 @@ class MixedOp(OpLayer):
         expand = _row_expansion(int(weights.shape[0]), rows, channels)
         columns = tf.unstack(tf.raw_ops.MatMul(a=weights, b=expand, transpose_a=True, transpose_b=False))
         terms, shared, blocked = [], SharedInputs(), {}  # blocked: block size -> outputs in that layout
-        # Pools' BatchNorms take the weights as their scale only in passes that differentiate the weights
-        # (alpha passes): see _fold_pool_weight.
+        # A pool's BatchNorm takes the weights as its scale where its output is not shared by k copies,
+        # and for k copies in passes that differentiate the weights (alpha passes): see _fold_pool_weight.
         fold_pools = training and record.should_record_backprop([weights])
         for column, layer, bn in self.branches:
             kwargs = {"shared": shared} if layer.reads_relu else {}
@@ -75,8 +74,8 @@ class MixedOp(OpLayer):
                 continue
             y = layer(x, training=training, **kwargs)
             shared_out = k > 1 and layer.out_copies == 1
-            if bn is not None and fold_pools and _fold_pool_weight(k, bn.channels):
-                # The weight folded into the pool's BatchNorm, which runs over all k copies at once.
+            if bn is not None and (not shared_out or (fold_pools and _fold_pool_weight(k, bn.channels))):
+                # The weight folded into the pool's BatchNorm (which runs over all k copies at once).
                 y = tile_channels(y, k) if shared_out else y
                 terms.append(bn(y, training, weight=columns[column], copies=k if shared_out else 1))
                 continue
@@ -99,9 +98,10 @@ class MixedOp(OpLayer):
 
 
 def _fold_pool_weight(copies: int, channels: int) -> bool:
-    """Whether, in a pass that differentiates the edges' weights, a pool's BatchNorm takes them as its
-    scale, running over the k copies of its input (see BatchNorm's `copies`), rather than over one copy
-    and followed by a tile and a multiply. Folded, the multiply and the reduction that gives the weights'
+    """Whether, in a pass that differentiates the edges' weights, a pool's BatchNorm shared by k > 1 edges
+    takes their weights as its scale, running over the k copies of its input (see BatchNorm's `copies`),
+    rather than over one copy and followed by a tile and a multiply (with one edge it always takes it:
+    the same BatchNorm, one multiply less). Folded, the multiply and the reduction that gives the weights'
     gradient go; the BatchNorm runs k times wider. Forward and backward over pools and identity, input and
     weight gradients (one core): at 16 channels folding was faster for every k from 1 to 5 (64 x 32 x 32:
     9-11 against 14-15 ms at k = 1, 21-25 against 34 ms at k = 2, 51-54 against 57-60 ms at k = 5); at 8
