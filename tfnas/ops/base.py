@@ -336,8 +336,8 @@ def depthwise_block(x, dw, pw=None, padding: int = 0, stride: int = 1, bn: "Batc
     conv, 0.5 GiB of a DARTS CIFAR-10 search step, for one element-wise op in the backward pass). With
     `recompute` (CompilerOptions.recompute_depthwise) the depthwise output is recomputed too, when the 1x1
     filter gradient needs it: one more depthwise conv in a weight-gradient pass for one tensor less per
-    block (a fifth of the CIFAR-10 search step's peak). `bn` must have no
-    scale and offset (a search network's); its moving statistics are updated as FusedBatchNorm does."""
+    block (a fifth of the CIFAR-10 search step's peak). `bn` must have no scale and offset (a search
+    network's); its moving statistics are updated as FusedBatchNorm does."""
     grouped_ok = pw is None or x.shape[-1] == pw.shape[2] or grouped_conv_supported()
     if not (HOLD_LESS_FOR_BACKWARD and training and grouped_ok and (bn is None or not bn.affine)
             and dw.shape[0] == 2 * padding + 1):
@@ -356,7 +356,7 @@ def depthwise_block(x, dw, pw=None, padding: int = 0, stride: int = 1, bn: "Batc
             held = activated = x
         else:
             scale, offset = _unit_scale_offset(bn.channels, x.dtype)
-            # Factor 1: the op returns this batch's mean and (unbiased) variance, which give the std below
+            # Factor 1: the op returns this batch's mean and (unbiased) variance, which give 1 / std below
             # on every device (the reserve outputs hold the variance on CPU, its inverse root on GPU).
             held, mean, var, *_ = tf.raw_ops.FusedBatchNorm(
                 x=x, scale=scale, offset=offset, mean=bn.moving_mean.value, variance=bn.moving_var.value,
@@ -364,8 +364,8 @@ def depthwise_block(x, dw, pw=None, padding: int = 0, stride: int = 1, bn: "Batc
             for moving, batch in ((bn.moving_mean, mean), (bn.moving_var, var)):  # (1 - m) * old + m * batch
                 tf.raw_ops.AssignSubVariableOp(resource=moving.handle, value=(moving.value - batch) * BN_MOMENTUM)
             pixels = held.shape[:3].num_elements() or tf.cast(tf.size(held) // bn.channels, var.dtype)
-            std = tf.sqrt(var * ((pixels - 1) / pixels) + BN_EPSILON)  # of this batch, from the unbiased variance
-            inv_std = 1.0 / std
+            # 1 / std of this batch, from the unbiased variance.
+            inv_std = tf.math.rsqrt(var * ((pixels - 1) / pixels) + BN_EPSILON)
             activated = tf.nn.relu(held)
         mid = tf.raw_ops.DepthwiseConv2dNative(input=activated, filter=dw, **attrs)
         out = mid if pw is None else tf.raw_ops.Conv2D(input=mid, filter=pw, **pw_attrs)
