@@ -214,7 +214,8 @@ def test_second_order_follows_darts_finite_difference_recipe_with_momentum():
     grad_alpha L_val(w') - xi * [grad_alpha L_train(w + eps v) - grad_alpha L_train(w - eps v)] / (2 eps)
     with w' = w - xi * (momentum * buf + grad_w L_train(w) + wd * w), buf the PyTorch momentum buffer
     (after one step: the clipped, L2-decayed gradient of that step), v = grad_w' L_val(w'),
-    eps = 0.01 / ||v||: recomputed here independently of the library."""
+    eps = 0.01 / ||v||: recomputed here independently of the library. The moving BatchNorm statistics
+    end as in the reference code, which runs the pass at w' on a copy of the network."""
     lr, momentum = 0.1, 0.9
     s = make_search(order=2, lr=lr, momentum=momentum)
     net = s.net
@@ -229,17 +230,26 @@ def test_second_order_follows_darts_finite_difference_recipe_with_momentum():
     s.weight_step(xt2, yt2)
     assert int(s.weight_opt.iterations) == 1
 
-    w0 = values(weights)
+    stats = [v for v in net.non_trainable_variables if v.name.endswith(("_mean", "_var"))]
+    assert stats
+    w0, s0 = values(weights), values(stats)
     _, lib = s.second_order_alpha_gradients(xt, yt, xv, yv)
     for before, w in zip(w0, weights):
         np.testing.assert_array_equal(before, w.numpy())
+    lib_stats = values(stats)
+    for v, before in zip(stats, s0):
+        v.assign(before)
 
-    def darts_recipe(momentum_term):
+    def darts_recipe(momentum_term, val_pass_on_a_copy=True):
         _, g = train_loss_and_grads(net, xt, yt, weights)
         for w, gi, b in zip(weights, g, buf):
             w.assign_sub(lr * (momentum_term * b + gi + WD * w))
+        before_val = values(stats)
         with tf.GradientTape() as tape:
             loss = loss_fn(net(xv, training=True), yv)
+        if val_pass_on_a_copy:  # the copy's updated BatchNorm buffers are dropped
+            for v, before in zip(stats, before_val):
+                v.assign(before)
         grads = tape.gradient(loss, alphas + weights)
         d_alpha, v = grads[:len(alphas)], grads[len(alphas):]
         eps = 0.01 / float(tf.linalg.global_norm(v))
@@ -255,6 +265,11 @@ def test_second_order_follows_darts_finite_difference_recipe_with_momentum():
 
     d_alpha, expected = darts_recipe(momentum)
     assert rel(lib, expected) < 1e-3  # observed ~1e-6
+    assert rel(lib_stats, values(stats)) < 1e-5
+    for v, before in zip(stats, s0):
+        v.assign(before)
+    darts_recipe(momentum, val_pass_on_a_copy=False)
+    assert rel(lib_stats, values(stats)) > 1e-3  # the validation batch would show in the statistics
     # The test tells apart a virtual step without the momentum term, and a dropped Hessian term.
     _, without_momentum = darts_recipe(0.0)
     assert rel(without_momentum, expected) > 1e-2

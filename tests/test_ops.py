@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from tfnas import ops
 from tfnas.compiler import EVAL_OPTIONS, SEARCH_OPTIONS
+from tfnas.ops import base
 from tfnas.proto import descriptors_pb2 as pb
 
 CANDIDATES = list(ops.DARTS_PRIMITIVES)
@@ -173,6 +174,27 @@ def test_batchnorm_updates_moving_statistics_only_in_training():
     assert not np.allclose(layer.bn.moving_mean.numpy(), 0)
 
 
+@pytest.mark.parametrize("name", ["relu_conv_bn", "sep_conv_3x3"])
+def test_frozen_moving_statistics_normalise_by_the_batch_and_change_nothing(name):
+    """The second-order validation pass runs under base.frozen_moving_statistics: the same training
+    outputs, every moving statistic (the plain BatchNorm's and the one inside a separable conv's
+    depthwise_block) left as it was, and updates again once the block ends."""
+    extra = {"kernel_size": 1} if name == "relu_conv_bn" else {}
+    layer = make(name, 1, SEARCH_OPTIONS, **extra)
+    stats = [v for v in layer.non_trainable_variables]
+    assert len(stats) == (2 if name == "relu_conv_bn" else 4)
+    x = tf.random.normal([8, 5, 5, C]) + 3.0
+    before = [v.numpy() for v in stats]
+    with base.frozen_moving_statistics():
+        with base.frozen_moving_statistics():
+            pass
+        frozen = layer(x, training=True)  # still frozen after a nested block ends
+    for v, b in zip(stats, before):
+        np.testing.assert_array_equal(v.numpy(), b)
+    np.testing.assert_allclose(frozen, layer(x, training=True), rtol=1e-5, atol=1e-5)
+    assert all(not np.array_equal(v.numpy(), b) for v, b in zip(stats, before))
+
+
 def test_unknown_op_is_a_clear_error():
     with pytest.raises(ops.OpError, match="unknown operation 'conv_9x9'"):
         ops.create(pb.OpDesc(name="conv_9x9"), EVAL_OPTIONS)
@@ -180,7 +202,6 @@ def test_unknown_op_is_a_clear_error():
 
 def test_pointwise_without_grouped_conv_kernels_computes_the_same(monkeypatch):
     """Where TF has no grouped conv kernel (CPU without oneDNN) the groups run as separate convs."""
-    from tfnas.ops import base
     x, w = tf.random.normal([2, 5, 5, 3 * C]), tf.random.normal([1, 1, C, 3 * 4])
     expected = tf.concat([tf.nn.conv2d(x[..., g * C:(g + 1) * C], w[..., g * 4:(g + 1) * 4], 1, "VALID")
                           for g in range(3)], -1)
@@ -195,7 +216,6 @@ def test_pointwise_without_grouped_conv_kernels_computes_the_same(monkeypatch):
 @pytest.mark.parametrize("size", [7, 8])
 def test_dilated_depthwise_equals_tf_nn(kernel, size):
     """The space-to-batch dilated conv (raw ops) is tf.nn.depthwise_conv2d's, values and gradients."""
-    from tfnas.ops import base
     x, w = tf.random.normal([2, size, size + 1, C]), tf.random.normal([kernel, kernel, C, 1])
     with tf.GradientTape(persistent=True) as tape:
         tape.watch([x, w])
@@ -411,7 +431,6 @@ CONV_CASES = {  # name: (our op, tf.nn reference, input channels, filter shape)
 
 
 def _base():
-    from tfnas.ops import base
     return base
 
 

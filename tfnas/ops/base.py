@@ -7,6 +7,7 @@ are created in `__init__` from the descriptor's channels, so a model is built wi
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import weakref
@@ -122,6 +123,27 @@ class SharedInputs:
         self.tensors = {}
 
 
+_FROZEN_STATISTICS = [False]
+
+
+@contextlib.contextmanager
+def frozen_moving_statistics():
+    """Training passes traced inside normalise with their batch statistics but leave every BatchNorm's
+    moving averages as they were. For DARTS's second-order validation pass at the virtual weights w': the
+    reference code runs it on a copy of the network (`model.new()` loaded from `state_dict()`), whose
+    updated BatchNorm buffers are then dropped."""
+    before = _FROZEN_STATISTICS[0]
+    _FROZEN_STATISTICS[0] = True
+    try:
+        yield
+    finally:
+        _FROZEN_STATISTICS[0] = before
+
+
+def updates_moving_statistics() -> bool:
+    return not _FROZEN_STATISTICS[0]
+
+
 class BatchNorm:
     """Fused BatchNorm over NHWC with moving statistics, affine or not; owned by an OpLayer."""
 
@@ -166,6 +188,8 @@ class BatchNorm:
             y, mean, var, *_ = tf.raw_ops.FusedBatchNorm(
                 x=x, scale=scale, offset=offset, mean=moving_mean, variance=moving_var,
                 epsilon=BN_EPSILON, exponential_avg_factor=BN_MOMENTUM, data_format="NHWC", is_training=True)
+            if not updates_moving_statistics():
+                return y
             if copies > 1:
                 mean, var = mean[:self.channels], var[:self.channels]
             # The op returns the updated moving averages when exponential_avg_factor != 1. Raw assignments:
@@ -362,7 +386,8 @@ def depthwise_block(x, dw, pw=None, padding: int = 0, stride: int = 1, bn: "Batc
                 x=x, scale=scale, offset=offset, mean=bn.moving_mean.value, variance=bn.moving_var.value,
                 epsilon=BN_EPSILON, exponential_avg_factor=1.0, data_format="NHWC", is_training=True)
             for moving, batch in ((bn.moving_mean, mean), (bn.moving_var, var)):  # (1 - m) * old + m * batch
-                tf.raw_ops.AssignSubVariableOp(resource=moving.handle, value=(moving.value - batch) * BN_MOMENTUM)
+                if updates_moving_statistics():
+                    tf.raw_ops.AssignSubVariableOp(resource=moving.handle, value=(moving.value - batch) * BN_MOMENTUM)
             pixels = held.shape[:3].num_elements() or tf.cast(tf.size(held) // bn.channels, var.dtype)
             # 1 / std of this batch, from the unbiased variance.
             inv_std = tf.math.rsqrt(var * ((pixels - 1) / pixels) + BN_EPSILON)

@@ -3,6 +3,9 @@
     alpha step  on a validation batch: first order, grad_alpha L_val(w, alpha); second order, through the
                 virtual step w' = w - xi * (momentum term + grad_w L_train(w, alpha) + wd * w), with the
                 Hessian-vector product by central finite differences (Liu et al. 2019, eq. 7-8).
+                The moving BatchNorm statistics take the batches of the virtual step, the two finite-
+                difference passes and the weight step, as in the reference code, not the validation
+                batch at w' (a copy of the network there).
     weight step on a training batch: grad_w L_train(w, alpha), clipped, L2-decayed, SGD with momentum.
 
 The two optimisers own disjoint variable sets (alphas / weights_only). The alpha step asks the tape for
@@ -16,6 +19,7 @@ import keras
 import tensorflow as tf
 
 from tfnas.compiler import NasModel
+from tfnas.ops import base
 from tfnas.proto import config_pb2
 from tfnas.train import optim
 from tfnas.train.metrics import accuracy, cross_entropy
@@ -97,8 +101,9 @@ class BilevelSearch(keras.Model):
         for w, b, d in zip(weights, backup, direction):
             _assign(w, b - xi * d)
 
-        # At w': gradient of L_val for alphas and for the weights.
-        with tf.GradientTape() as tape:
+        # At w': gradient of L_val for alphas and for the weights. In the reference code this pass runs on
+        # a copy of the network, so it leaves the moving BatchNorm statistics alone.
+        with base.frozen_moving_statistics(), tf.GradientTape() as tape:
             logits = self.net(x_val, training=True)
             loss = cross_entropy(logits, y_val)
         grads = tape.gradient(loss, alphas + weights)
