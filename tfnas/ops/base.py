@@ -222,13 +222,17 @@ def _unit_scale_offset(channels: int, dtype):
 
 
 def tile_channels(x, copies: int):
-    """x repeated `copies` times on the channel axis (copy-major): tf.tile with a gradient of two ops,
-    the sum of the copies, where TF's generic gradient of Tile has about twelve to trace (a search step
-    has hundreds of these tiles, and each traced op costs time at start-up)."""
+    """x repeated `copies` times on the channel axis (copy-major), with a gradient of two ops, the sum of
+    the copies, where TF's generic gradient of Tile has about twelve to trace (a search step has hundreds
+    of these, and each traced op costs time at start-up). The copies are one ConcatV2 (memcpy per row)
+    rather than a Tile (Eigen's broadcasting), up to 2x faster at search shapes (32x32x32x8 twice: 0.19
+    against 0.40 ms; 64x32x32x16 four times: 0.86 against 1.20 ms). Kernel time of Tile and ConcatV2 in
+    the small first-order search step, interleaved profiles: 0.059/0.064 -> 0.040/0.047 s per step (of
+    about 1.3 s of CPU time)."""
     if copies == 1:
         return x
     with record.stop_recording():
-        y = tf.raw_ops.Tile(input=x, multiples=_constant((1, 1, 1, copies), tf.int32))
+        y = tf.raw_ops.ConcatV2(values=[x] * copies, axis=_constant(3, tf.int32))
     if record.should_record_backprop([x]):
         if x.shape[1:].is_fully_defined():  # the batch size may be unknown
             split = _constant((-1, *x.shape[1:3], copies, x.shape[3]), tf.int32)
