@@ -181,7 +181,7 @@ def test_frozen_moving_statistics_normalise_by_the_batch_and_change_nothing(name
     depthwise_block) left as it was, and updates again once the block ends."""
     extra = {"kernel_size": 1} if name == "relu_conv_bn" else {}
     layer = make(name, 1, SEARCH_OPTIONS, **extra)
-    stats = [v for v in layer.non_trainable_variables]
+    stats = list(layer.non_trainable_variables)
     assert len(stats) == (2 if name == "relu_conv_bn" else 4)
     x = tf.random.normal([8, 5, 5, C]) + 3.0
     before = [v.numpy() for v in stats]
