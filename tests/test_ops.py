@@ -7,6 +7,7 @@ import tensorflow as tf
 from tfnas import ops
 from tfnas.compiler import EVAL_OPTIONS, SEARCH_OPTIONS
 from tfnas.ops import base
+from tfnas.ops import mixed as mixed_lib
 from tfnas.proto import descriptors_pb2 as pb
 
 CANDIDATES = list(ops.DARTS_PRIMITIVES)
@@ -332,7 +333,6 @@ def test_mixed_op_copies_dilated_candidates_into_and_out_of_blocks_once():
 def test_mixed_op_is_the_softmax_weighted_sum_of_its_candidates(stride, copies, size, fold_pools, monkeypatch):
     """The weights folded into the candidates' last BatchNorm give exactly sum_c w_c * op_c(x), per edge,
     alpha gradients included (pools' BatchNorms folded over the copies or not)."""
-    from tfnas.ops import mixed as mixed_lib
     monkeypatch.setattr(mixed_lib, "_fold_pool_weight", lambda k, channels: fold_pools)
     mixed = ops.create(mixed_desc(stride), SEARCH_OPTIONS, copies=copies)
     x = tf.random.normal([4, size, size, C])
@@ -377,7 +377,6 @@ def test_grouped_pool_batchnorms_keep_one_edges_moving_statistics(stride, fold, 
     """With k copies a pool's BatchNorm runs over the k tiled copies, each weighted by its edge (fold), or
     over one copy before the tile and the weights: either way its moving statistics must be those of the
     single edge's BatchNorm, and so must its outputs, in training and in inference."""
-    from tfnas.ops import mixed as mixed_lib
     monkeypatch.setattr(mixed_lib, "_fold_pool_weight", lambda copies, channels: fold)
     if fold:  # folding happens in passes that differentiate the weights only; the graph shows which ran
         assert _pool_bn_widths(stride, watch_weights=True) == {3 * C}
@@ -408,30 +407,26 @@ def test_grouped_pool_batchnorms_keep_one_edges_moving_statistics(stride, fold, 
 
 
 CONV_CASES = {  # name: (our op, tf.nn reference, input channels, filter shape)
-    "conv3x3-s1": (lambda x, w: _base().conv2d(x, w, 1, 1),
+    "conv3x3-s1": (lambda x, w: base.conv2d(x, w, 1, 1),
                    lambda x, w: tf.nn.conv2d(x, w, 1, [[0, 0], [1, 1], [1, 1], [0, 0]]), C, [3, 3, C, 4]),
-    "conv3x3-s2": (lambda x, w: _base().conv2d(x, w, 2, 1),
+    "conv3x3-s2": (lambda x, w: base.conv2d(x, w, 2, 1),
                    lambda x, w: tf.nn.conv2d(x, w, 2, [[0, 0], [1, 1], [1, 1], [0, 0]]), C, [3, 3, C, 4]),
-    "conv1x1-s2": (lambda x, w: _base().conv2d(x, w, 2, 0), lambda x, w: tf.nn.conv2d(x, w, 2, "VALID"),
+    "conv1x1-s2": (lambda x, w: base.conv2d(x, w, 2, 0), lambda x, w: tf.nn.conv2d(x, w, 2, "VALID"),
                    C, [1, 1, C, 4]),
-    "grouped1x1": (lambda x, w: _base().pointwise(x, w),
+    "grouped1x1": (lambda x, w: base.pointwise(x, w),
                    lambda x, w: tf.concat([tf.nn.conv2d(x[..., g * C:(g + 1) * C], w[..., g * 4:(g + 1) * 4], 1,
                                                         "VALID") for g in range(3)], -1), 3 * C, [1, 1, C, 12]),
-    "dw3x3-s1": (lambda x, w: _base().depthwise(x, w, 1, 1),
+    "dw3x3-s1": (lambda x, w: base.depthwise(x, w, 1, 1),
                  lambda x, w: tf.nn.depthwise_conv2d(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]), w, [1, 1, 1, 1],
                                                      "VALID"), C, [3, 3, C, 1]),
-    "dw5x5-s1": (lambda x, w: _base().depthwise(x, w, 1, 2),  # filter gradient in two 5x3 blocks
+    "dw5x5-s1": (lambda x, w: base.depthwise(x, w, 1, 2),  # filter gradient in two 5x3 blocks
                  lambda x, w: tf.nn.depthwise_conv2d(x, w, [1, 1, 1, 1], "SAME"), C, [5, 5, C, 1]),
-    "dw7x7-s1": (lambda x, w: _base().depthwise(x, w, 1, 3),  # three blocks, the last one overlapping
+    "dw7x7-s1": (lambda x, w: base.depthwise(x, w, 1, 3),  # three blocks, the last one overlapping
                  lambda x, w: tf.nn.depthwise_conv2d(x, w, [1, 1, 1, 1], "SAME"), C, [7, 7, C, 1]),
-    "dw5x5-s2": (lambda x, w: _base().depthwise(x, w, 2, 2),  # blocks cropped from the padded input
+    "dw5x5-s2": (lambda x, w: base.depthwise(x, w, 2, 2),  # blocks cropped from the padded input
                  lambda x, w: tf.nn.depthwise_conv2d(tf.pad(x, [[0, 0], [2, 2], [2, 2], [0, 0]]), w, [1, 2, 2, 1],
                                                      "VALID"), C, [5, 5, C, 1]),
 }
-
-
-def _base():
-    return base
 
 
 @pytest.mark.parametrize("case", sorted(CONV_CASES))
@@ -457,8 +452,8 @@ def test_wide_depthwise_filter_gradients_use_kernels_at_most_three_columns_wide(
     @tf.function
     def filter_gradient(x):
         with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(_base().depthwise(x, w, 1, 2) ** 2) + tf.reduce_sum(
-                _base().depthwise(x, w, 1, 4, 2) ** 2)
+            loss = tf.reduce_sum(base.depthwise(x, w, 1, 2) ** 2) + tf.reduce_sum(
+                base.depthwise(x, w, 1, 4, 2) ** 2)
         return tape.gradient(loss, w)
 
     graph = filter_gradient.get_concrete_function(tf.TensorSpec([2, 8, 8, C])).graph
@@ -475,7 +470,7 @@ def test_wide_depthwise_filter_gradient_with_unknown_spatial_size_is_tf_nn_s():
     def filter_gradient(x, w):
         with tf.GradientTape() as tape:
             tape.watch(w)
-            loss = tf.reduce_sum(tf.sin(_base().depthwise(x, w, 1, 2)))
+            loss = tf.reduce_sum(tf.sin(base.depthwise(x, w, 1, 2)))
         return tape.gradient(loss, w)
 
     with tf.GradientTape() as tape:
@@ -492,7 +487,7 @@ def test_a_tape_that_watches_only_the_input_builds_no_filter_gradient():
     def input_gradient(x):
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(x)
-            loss = tf.reduce_sum(_base().conv2d(x, w, 1, 1) ** 2)
+            loss = tf.reduce_sum(base.conv2d(x, w, 1, 1) ** 2)
         return tape.gradient(loss, x)
 
     graph = input_gradient.get_concrete_function(tf.TensorSpec([2, 5, 5, C])).graph
@@ -514,7 +509,7 @@ def test_tile_channels_is_tf_tile_with_its_gradient(spec):
     def tiled_and_gradient(x, dy):
         with tf.GradientTape() as tape:
             tape.watch(x)
-            y = _base().tile_channels(x, 3)
+            y = base.tile_channels(x, 3)
             loss = tf.reduce_sum(y * dy)
         return y, tape.gradient(loss, x)
 

@@ -140,10 +140,6 @@ def frozen_moving_statistics():
         _FROZEN_STATISTICS[0] = before
 
 
-def updates_moving_statistics() -> bool:
-    return not _FROZEN_STATISTICS[0]
-
-
 class BatchNorm:
     """Fused BatchNorm over NHWC with moving statistics, affine or not; owned by an OpLayer."""
 
@@ -188,20 +184,29 @@ class BatchNorm:
             y, mean, var, *_ = tf.raw_ops.FusedBatchNorm(
                 x=x, scale=scale, offset=offset, mean=moving_mean, variance=moving_var,
                 epsilon=BN_EPSILON, exponential_avg_factor=BN_MOMENTUM, data_format="NHWC", is_training=True)
-            if not updates_moving_statistics():
-                return y
-            if copies > 1:
-                mean, var = mean[:self.channels], var[:self.channels]
-            # The op returns the updated moving averages when exponential_avg_factor != 1. Raw assignments:
-            # Keras's `assign` costs milliseconds of Python per call while a step is traced, and no
-            # gradient flows into an assignment.
-            tf.raw_ops.AssignVariableOp(resource=self.moving_mean.handle, value=mean)
-            tf.raw_ops.AssignVariableOp(resource=self.moving_var.handle, value=var)
+            # The op returns the updated moving averages when exponential_avg_factor != 1.
+            self.update_moving_statistics(mean, var, averaged=True)
             return y
         y, *_ = tf.raw_ops.FusedBatchNorm(
             x=x, scale=scale, offset=offset, mean=moving_mean, variance=moving_var,
             epsilon=BN_EPSILON, data_format="NHWC", is_training=False)
         return y
+
+    def update_moving_statistics(self, mean, var, averaged: bool) -> None:
+        """The one place the moving statistics are written; nothing under frozen_moving_statistics.
+        `averaged`: mean and var are already the new averages (FusedBatchNorm with exponential_avg_factor
+        BN_MOMENTUM, over `copies` of the channels: the first copy's are kept); otherwise they are this
+        batch's, blended in here as (1 - m) * old + m * batch. Raw assignments: Keras's `assign` costs
+        milliseconds of Python per call while a step is traced, and no gradient flows into an assignment."""
+        if _FROZEN_STATISTICS[0]:
+            return
+        for moving, value in ((self.moving_mean, mean), (self.moving_var, var)):
+            if averaged:
+                if value.shape[0] != self.channels:
+                    value = value[:self.channels]
+                tf.raw_ops.AssignVariableOp(resource=moving.handle, value=value)
+            else:
+                tf.raw_ops.AssignSubVariableOp(resource=moving.handle, value=(moving.value - value) * BN_MOMENTUM)
 
 
 _PER_GRAPH = weakref.WeakKeyDictionary()  # graph -> {key: tensor}
@@ -389,9 +394,7 @@ def depthwise_block(x, dw, pw=None, padding: int = 0, stride: int = 1, bn: "Batc
             held, mean, var, *_ = tf.raw_ops.FusedBatchNorm(
                 x=x, scale=scale, offset=offset, mean=bn.moving_mean.value, variance=bn.moving_var.value,
                 epsilon=BN_EPSILON, exponential_avg_factor=1.0, data_format="NHWC", is_training=True)
-            for moving, batch in ((bn.moving_mean, mean), (bn.moving_var, var)):  # (1 - m) * old + m * batch
-                if updates_moving_statistics():
-                    tf.raw_ops.AssignSubVariableOp(resource=moving.handle, value=(moving.value - batch) * BN_MOMENTUM)
+            bn.update_moving_statistics(mean, var, averaged=False)
             pixels = held.shape[:3].num_elements() or tf.cast(tf.size(held) // bn.channels, var.dtype)
             # 1 / std of this batch, from the unbiased variance.
             inv_std = tf.math.rsqrt(var * ((pixels - 1) / pixels) + BN_EPSILON)
