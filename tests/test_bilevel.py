@@ -8,7 +8,6 @@ import pytest
 import tensorflow as tf
 
 from tfnas import compiler, macro
-from tfnas.ops import base
 from tfnas.proto import config_pb2
 from tfnas.proto import descriptors_pb2 as pb
 from tfnas.search import darts
@@ -42,8 +41,8 @@ def supernet_desc(cells=2, nodes=2, reduction_cells=(), input_shape=(6, 6, 1), c
                                 alpha_init_scale=0.1, seed=0)
 
 
-def make_search(order=1, lr=0.1, momentum=0.9, alpha_lr=3e-3, **desc_kw):
-    net = compiler.compile_model(supernet_desc(**desc_kw))
+def make_search(order=1, lr=0.1, momentum=0.9, alpha_lr=3e-3, options=compiler.SEARCH_OPTIONS, **desc_kw):
+    net = compiler.compile_model(supernet_desc(**desc_kw), options)
     wc, ac = weight_cfg(lr, momentum), alpha_cfg(alpha_lr)
     weight_opt = optim.make_optimizer(wc, 1, 10, "weight_opt")
     alpha_opt = optim.make_optimizer(ac, 1, 10, "alpha_opt")
@@ -160,8 +159,10 @@ def test_second_order_matches_exact_hypergradient(monkeypatch):
     first-order gradients only) is turned off for the same reason.
     """
     monkeypatch.setattr(tf.nn, "relu", tf.nn.softplus)
-    monkeypatch.setattr(base, "HOLD_LESS_FOR_BACKWARD", False)  # nested tapes need every op recorded
-    s = make_search(order=2, lr=XI, momentum=0.9)  # fresh optimiser: momentum buffers are zero
+    options = pb.CompilerOptions()
+    options.CopyFrom(compiler.SEARCH_OPTIONS)
+    options.nested_gradients = True  # nested tapes need every op recorded
+    s = make_search(order=2, lr=XI, momentum=0.9, options=options)  # fresh optimiser: zero momentum buffers
     net = s.net
     weights, alphas = net.weights_only, net.alphas
     xt, yt, xv, yv = batches()

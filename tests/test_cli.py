@@ -14,11 +14,16 @@ def invoke(*args):
     return CliRunner().invoke(cli.main, list(args))
 
 
-def test_help_lists_the_commands():
+def test_help_lists_every_command_with_its_summary():
     result = invoke("--help")
     assert result.exit_code == 0
-    for command in ("describe", "draw", "search"):
-        assert command in result.output
+    listed = {line.split()[0]: " ".join(line.split()[1:]) for line in
+              result.output.split("Commands:")[1].strip().splitlines()}
+    assert sorted(listed) == ["describe", "draw", "eval", "export", "run", "search"]
+    assert all(listed.values()), listed  # each with its one-line summary
+    for command in listed:  # and each command's own help works
+        sub = invoke(command, "--help")
+        assert sub.exit_code == 0 and sub.output.startswith(f"Usage: main {command}"), sub.output
 
 
 def test_describe_darts_v2_json():

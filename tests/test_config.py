@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from tfnas import config as cfg
+from tfnas.search import darts
 from tfnas.proto import config_pb2
 
 CONFIGS = cfg.DEFAULT_CONFIG_PATH.parent
@@ -53,7 +54,7 @@ def test_default_values():
     assert o.gradient_clip_norm == 5.0
     d = s.darts
     assert d.order == 1 and d.edges_per_node == 2 and d.alpha_init_scale == pytest.approx(1e-3)
-    assert list(d.primitives) == list(cfg.DARTS_PRIMITIVES)
+    assert list(d.primitives) == list(darts.PRIMITIVES)
     a = d.alpha_optimizer
     assert (a.kind, a.schedule) == (Opt.ADAM, config_pb2.CONSTANT)
     assert a.learning_rate == pytest.approx(3e-4) and a.weight_decay == pytest.approx(1e-3)

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from click.testing import CliRunner
 
-from tfnas import cli, config, data as data_lib, evaluation, export
+from tfnas import cli, config, data as data_lib, evaluation, export, rundir
 
 # A small evaluation network on the built-in digits: 3 cells of 8 channels, a few epochs.
 EVAL = ["eval.macro.cells=3", "eval.macro.channels=8", "eval.trainer.epochs=4", "eval.trainer.batch_size=64",
@@ -49,9 +49,9 @@ def weights_of(prefix):
 def test_evaluation_reaches_the_accuracy_floor(trained):
     out, final = trained
     assert final["test_accuracy"] >= ACCURACY_FLOOR, final
-    history = json.loads((out / evaluation.METRICS).read_text())["history"]
+    history = json.loads((out / rundir.METRICS).read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
-    info = json.loads((out / evaluation.DATASET_INFO).read_text())
+    info = json.loads((out / rundir.DATASET_INFO).read_text())
     assert info["image_shape"] == [8, 8, 1] and info["class_names"] == [str(i) for i in range(10)]
     assert final["params_with_aux"] > final["params"]  # the auxiliary tower trained too
 
@@ -61,7 +61,7 @@ def test_interrupted_evaluation_resumes_to_the_same_weights(trained, tmp_path):
     full_dir, full = trained
     assert evaluation.evaluate(cfg(), "DARTS_V2", tmp_path, verbose=0, stop_after_steps=30) is None
     resumed = evaluation.evaluate(cfg(), "DARTS_V2", tmp_path, verbose=0)
-    a, b = weights_of(full_dir / evaluation.WEIGHTS), weights_of(tmp_path / evaluation.WEIGHTS)
+    a, b = weights_of(full_dir / rundir.WEIGHTS), weights_of(tmp_path / rundir.WEIGHTS)
     assert a.keys() == b.keys() and len(a) > 100
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
@@ -153,13 +153,13 @@ def test_cli_run_end_to_end_and_errors(tmp_path):
     missing = CliRunner().invoke(cli.main, ["export", "--run", str(tmp_path / "nothing")])
     assert missing.exit_code == 2 and missing.output.startswith("error: ") and "no finished evaluation" in missing.output
     bad_desc = CliRunner().invoke(cli.main, ["eval", "--desc", "NOPE", "--out", str(tmp_path / "e")])
-    assert bad_desc.exit_code == 2 and "neither a descriptor file nor a published architecture" in bad_desc.output
+    assert bad_desc.exit_code == 2 and "neither a descriptor file nor a known architecture" in bad_desc.output
 
 
 def test_an_eval_directory_refuses_another_architecture(trained):
     out, final = trained
-    before = (out / evaluation.MODEL_DESC).read_bytes()
+    before = (out / rundir.MODEL_DESC).read_bytes()
     with pytest.raises(Exception, match="holds the evaluation of another architecture"):
         evaluation.evaluate(cfg(), "DARTS_V1", out, verbose=0)
-    assert (out / evaluation.MODEL_DESC).read_bytes() == before
+    assert (out / rundir.MODEL_DESC).read_bytes() == before
     assert evaluation.evaluate(cfg(), "DARTS_V2", out, verbose=0) == final  # finished: not rerun

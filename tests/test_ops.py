@@ -6,11 +6,12 @@ import tensorflow as tf
 
 from tfnas import ops
 from tfnas.compiler import EVAL_OPTIONS, SEARCH_OPTIONS
-from tfnas.ops import base
+from tfnas.ops import channels, conv
 from tfnas.ops import mixed as mixed_lib
 from tfnas.proto import descriptors_pb2 as pb
+from tfnas.search import darts
 
-CANDIDATES = list(ops.DARTS_PRIMITIVES)
+CANDIDATES = list(darts.PRIMITIVES)
 
 
 @pytest.fixture(autouse=True)
@@ -177,19 +178,16 @@ def test_batchnorm_updates_moving_statistics_only_in_training():
 
 @pytest.mark.parametrize("name", ["relu_conv_bn", "sep_conv_3x3"])
 def test_frozen_moving_statistics_normalise_by_the_batch_and_change_nothing(name):
-    """The second-order validation pass runs under base.frozen_moving_statistics: the same training
-    outputs, every moving statistic (the plain BatchNorm's and the one inside a separable conv's
-    depthwise_block) left as it was, and updates again once the block ends."""
+    """The second-order validation pass runs with update_statistics=False: the same training outputs,
+    every moving statistic (the plain BatchNorm's and the one inside a separable conv's depthwise_block)
+    left as it was, and the next pass that updates them does."""
     extra = {"kernel_size": 1} if name == "relu_conv_bn" else {}
     layer = make(name, 1, SEARCH_OPTIONS, **extra)
     stats = list(layer.non_trainable_variables)
     assert len(stats) == (2 if name == "relu_conv_bn" else 4)
     x = tf.random.normal([8, 5, 5, C]) + 3.0
     before = [v.numpy() for v in stats]
-    with base.frozen_moving_statistics():
-        with base.frozen_moving_statistics():
-            pass
-        frozen = layer(x, training=True)  # still frozen after a nested block ends
+    frozen = layer(x, training=True, update_statistics=False)
     for v, b in zip(stats, before):
         np.testing.assert_array_equal(v.numpy(), b)
     np.testing.assert_allclose(frozen, layer(x, training=True), rtol=1e-5, atol=1e-5)
@@ -201,16 +199,14 @@ def test_unknown_op_is_a_clear_error():
         ops.create(pb.OpDesc(name="conv_9x9"), EVAL_OPTIONS)
 
 
-def test_pointwise_without_grouped_conv_kernels_computes_the_same(monkeypatch):
+def test_pointwise_without_grouped_conv_kernels_computes_the_same():
     """Where TF has no grouped conv kernel (CPU without oneDNN) the groups run as separate convs."""
     x, w = tf.random.normal([2, 5, 5, 3 * C]), tf.random.normal([1, 1, C, 3 * 4])
     expected = tf.concat([tf.nn.conv2d(x[..., g * C:(g + 1) * C], w[..., g * 4:(g + 1) * 4], 1, "VALID")
                           for g in range(3)], -1)
-    monkeypatch.setattr(base, "_GROUPED_CONV", [False])
-    np.testing.assert_allclose(base.pointwise(x, w), expected, rtol=1e-5, atol=1e-5)
-    monkeypatch.setattr(base, "_GROUPED_CONV", [])
-    if base.grouped_conv_supported():  # oneDNN (this project's default on CPU): one grouped conv
-        np.testing.assert_allclose(base.pointwise(x, w), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(conv.pointwise(x, w, grouped=False), expected, rtol=1e-5, atol=1e-5)
+    if conv.grouped_conv_supported():  # oneDNN (this project's default on CPU): one grouped conv
+        np.testing.assert_allclose(conv.pointwise(x, w, grouped=True), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kernel", [3, 5])
@@ -220,7 +216,7 @@ def test_dilated_depthwise_equals_tf_nn(kernel, size):
     x, w = tf.random.normal([2, size, size + 1, C]), tf.random.normal([kernel, kernel, C, 1])
     with tf.GradientTape(persistent=True) as tape:
         tape.watch([x, w])
-        ours = base.depthwise(x, w, 1, base.pad_amount(kernel, 2), 2)
+        ours = conv.depthwise(x, w, 1, conv.pad_amount(kernel, 2), 2)
         ref = tf.nn.depthwise_conv2d(x, w, [1, 1, 1, 1], "SAME", dilations=[2, 2])
         loss_ours, loss_ref = tf.reduce_sum(tf.sin(ours)), tf.reduce_sum(tf.sin(ref))
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
@@ -256,7 +252,7 @@ def test_dil_conv_is_relu_dilated_depthwise_pointwise_batchnorm(kernel, size):
 @pytest.mark.parametrize("kernel,stride,recompute", [(3, 1, False), (5, 1, False), (5, 2, False), (3, 1, True),
                                                      (5, 2, True)])
 def test_sep_conv_is_its_plain_composition_holding_less(kernel, stride, recompute):
-    """The search network's separable conv (base.depthwise_block, which holds less for the backward pass,
+    """The search network's separable conv (ops.depthwise_block, which holds less for the backward pass,
     with or without recomputing the depthwise outputs) has the values, gradients and moving statistics of
     relu -> dw -> 1x1 -> BN -> relu -> dw -> 1x1 -> BN."""
     options = pb.CompilerOptions()
@@ -407,23 +403,23 @@ def test_grouped_pool_batchnorms_keep_one_edges_moving_statistics(stride, fold, 
 
 
 CONV_CASES = {  # name: (our op, tf.nn reference, input channels, filter shape)
-    "conv3x3-s1": (lambda x, w: base.conv2d(x, w, 1, 1),
+    "conv3x3-s1": (lambda x, w: conv.conv2d(x, w, 1, 1),
                    lambda x, w: tf.nn.conv2d(x, w, 1, [[0, 0], [1, 1], [1, 1], [0, 0]]), C, [3, 3, C, 4]),
-    "conv3x3-s2": (lambda x, w: base.conv2d(x, w, 2, 1),
+    "conv3x3-s2": (lambda x, w: conv.conv2d(x, w, 2, 1),
                    lambda x, w: tf.nn.conv2d(x, w, 2, [[0, 0], [1, 1], [1, 1], [0, 0]]), C, [3, 3, C, 4]),
-    "conv1x1-s2": (lambda x, w: base.conv2d(x, w, 2, 0), lambda x, w: tf.nn.conv2d(x, w, 2, "VALID"),
+    "conv1x1-s2": (lambda x, w: conv.conv2d(x, w, 2, 0), lambda x, w: tf.nn.conv2d(x, w, 2, "VALID"),
                    C, [1, 1, C, 4]),
-    "grouped1x1": (lambda x, w: base.pointwise(x, w),
+    "grouped1x1": (lambda x, w: conv.pointwise(x, w),
                    lambda x, w: tf.concat([tf.nn.conv2d(x[..., g * C:(g + 1) * C], w[..., g * 4:(g + 1) * 4], 1,
                                                         "VALID") for g in range(3)], -1), 3 * C, [1, 1, C, 12]),
-    "dw3x3-s1": (lambda x, w: base.depthwise(x, w, 1, 1),
+    "dw3x3-s1": (lambda x, w: conv.depthwise(x, w, 1, 1),
                  lambda x, w: tf.nn.depthwise_conv2d(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]), w, [1, 1, 1, 1],
                                                      "VALID"), C, [3, 3, C, 1]),
-    "dw5x5-s1": (lambda x, w: base.depthwise(x, w, 1, 2),  # filter gradient in two 5x3 blocks
+    "dw5x5-s1": (lambda x, w: conv.depthwise(x, w, 1, 2),  # filter gradient in two 5x3 blocks
                  lambda x, w: tf.nn.depthwise_conv2d(x, w, [1, 1, 1, 1], "SAME"), C, [5, 5, C, 1]),
-    "dw7x7-s1": (lambda x, w: base.depthwise(x, w, 1, 3),  # three blocks, the last one overlapping
+    "dw7x7-s1": (lambda x, w: conv.depthwise(x, w, 1, 3),  # three blocks, the last one overlapping
                  lambda x, w: tf.nn.depthwise_conv2d(x, w, [1, 1, 1, 1], "SAME"), C, [7, 7, C, 1]),
-    "dw5x5-s2": (lambda x, w: base.depthwise(x, w, 2, 2),  # blocks cropped from the padded input
+    "dw5x5-s2": (lambda x, w: conv.depthwise(x, w, 2, 2),  # blocks cropped from the padded input
                  lambda x, w: tf.nn.depthwise_conv2d(tf.pad(x, [[0, 0], [2, 2], [2, 2], [0, 0]]), w, [1, 2, 2, 1],
                                                      "VALID"), C, [5, 5, C, 1]),
 }
@@ -431,7 +427,7 @@ CONV_CASES = {  # name: (our op, tf.nn reference, input channels, filter shape)
 
 @pytest.mark.parametrize("case", sorted(CONV_CASES))
 def test_convolutions_have_tf_nn_values_and_gradients(case):
-    """The convolutions record their own gradients (ops.base._with_gradient): the same as TF's."""
+    """The convolutions record their own gradients (ops.conv.with_gradient): the same as TF's."""
     ours, ref, channels, w_shape = CONV_CASES[case]
     x, w = tf.random.normal([2, 7, 8, channels]), tf.random.normal(w_shape)
     with tf.GradientTape(persistent=True) as tape:
@@ -452,8 +448,8 @@ def test_wide_depthwise_filter_gradients_use_kernels_at_most_three_columns_wide(
     @tf.function
     def filter_gradient(x):
         with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(base.depthwise(x, w, 1, 2) ** 2) + tf.reduce_sum(
-                base.depthwise(x, w, 1, 4, 2) ** 2)
+            loss = tf.reduce_sum(conv.depthwise(x, w, 1, 2) ** 2) + tf.reduce_sum(
+                conv.depthwise(x, w, 1, 4, 2) ** 2)
         return tape.gradient(loss, w)
 
     graph = filter_gradient.get_concrete_function(tf.TensorSpec([2, 8, 8, C])).graph
@@ -470,7 +466,7 @@ def test_wide_depthwise_filter_gradient_with_unknown_spatial_size_is_tf_nn_s():
     def filter_gradient(x, w):
         with tf.GradientTape() as tape:
             tape.watch(w)
-            loss = tf.reduce_sum(tf.sin(base.depthwise(x, w, 1, 2)))
+            loss = tf.reduce_sum(tf.sin(conv.depthwise(x, w, 1, 2)))
         return tape.gradient(loss, w)
 
     with tf.GradientTape() as tape:
@@ -487,7 +483,7 @@ def test_a_tape_that_watches_only_the_input_builds_no_filter_gradient():
     def input_gradient(x):
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(x)
-            loss = tf.reduce_sum(base.conv2d(x, w, 1, 1) ** 2)
+            loss = tf.reduce_sum(conv.conv2d(x, w, 1, 1) ** 2)
         return tape.gradient(loss, x)
 
     graph = input_gradient.get_concrete_function(tf.TensorSpec([2, 5, 5, C])).graph
@@ -509,7 +505,7 @@ def test_tile_channels_is_tf_tile_with_its_gradient(spec):
     def tiled_and_gradient(x, dy):
         with tf.GradientTape() as tape:
             tape.watch(x)
-            y = base.tile_channels(x, 3)
+            y = channels.tile_channels(x, 3)
             loss = tf.reduce_sum(y * dy)
         return y, tape.gradient(loss, x)
 

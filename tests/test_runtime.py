@@ -1,15 +1,17 @@
-"""Process-wide TensorFlow settings of the tfnas commands."""
+"""Process-wide TensorFlow settings: from the configuration's runtime section, nowhere else."""
+import subprocess
+import sys
+
 import tensorflow as tf
 
-from tfnas import runtime
+from tfnas import config, runtime
 
 
 def _grappler_on() -> bool:
     return not tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)
 
 
-def test_training_graph_options_follow_the_config_then_restore(monkeypatch):
-    monkeypatch.delenv("TFNAS_GRAPPLER", raising=False)
+def test_training_graph_options_follow_the_config_then_restore():
     before = _grappler_on()
     with runtime.training_graph_options(False):
         assert not _grappler_on()
@@ -19,10 +21,30 @@ def test_training_graph_options_follow_the_config_then_restore(monkeypatch):
     assert _grappler_on() == before
 
 
-def test_environment_overrides_the_config(monkeypatch):
-    monkeypatch.setenv("TFNAS_GRAPPLER", "1")
-    with runtime.training_graph_options(False):
-        assert _grappler_on()
-    monkeypatch.setenv("TFNAS_GRAPPLER", "0")
-    with runtime.training_graph_options(True):
-        assert not _grappler_on()
+def test_thread_pools_come_from_the_runtime_section():
+    """In a fresh process (the pools are fixed once TensorFlow's runtime starts): the configured counts,
+    and 0 inter-op threads meaning one per CPU core."""
+    code = ("import os, tfnas.config as c, tfnas.runtime as r; "
+            "cfg = c.load_config(None, ['runtime.inter_op_threads=3', 'runtime.intra_op_threads=2']); "
+            "print(*r.configure_threads(cfg.runtime)); "
+            "print(*r.configure_threads(c.load_config().runtime), os.cpu_count())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    first, second = done.stdout.split("\n")[:2]
+    assert first == "3 2"
+    inter, intra, cores = second.split()
+    assert (inter, intra) == (cores, "1")  # configure again before the runtime starts: the defaults
+
+
+def test_runtime_settings_do_not_make_another_experiment(tmp_path):
+    """A run directory may be resumed on another machine, with other thread counts."""
+    from tfnas import rundir
+    rundir.prepare(tmp_path, config.load_config())
+    rundir.prepare(tmp_path, config.load_config(None, ["runtime.intra_op_threads=2",
+                                                       "runtime.graph_optimizer=true"]))
+    try:
+        rundir.prepare(tmp_path, config.load_config(None, ["seed=5"]))
+    except Exception as err:  # noqa: BLE001
+        assert "holds a run with another configuration" in str(err)
+    else:
+        raise AssertionError("another seed must be another experiment")

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from click.testing import CliRunner
 
-from tfnas import cli, config, data as data_lib, descriptors
+from tfnas import alphas, cli, config, data as data_lib, descriptors, rundir
 from tfnas.search import darts, runner
 
 TINY = ["search.macro.cells=3", "search.macro.nodes=2", "search.macro.channels=4",
@@ -40,8 +40,8 @@ def test_search_ranks_the_only_useful_operation_first(tmp_path, seed):
         "search.trainer.epochs=8", "search.trainer.batch_size=32", f"search.darts.primitives=[{','.join(primitives)}]",
         "search.darts.alpha_optimizer.learning_rate=0.01", f"seed={seed}"])
     final = runner.search(cfg, tmp_path, verbose=0, dataset=far_correlation_task(seed))
-    alphas = darts.alpha_arrays(descriptors.load_model_desc(tmp_path / runner.SUPERNET_DESC))
-    weights = darts.softmax(alphas["normal"].astype(np.float64))
+    arrays = alphas.alpha_arrays(descriptors.load_model_desc(tmp_path / rundir.SUPERNET_DESC))
+    weights = alphas.softmax(arrays["normal"])
     # Row 0: the edge that reads the stem features (s0) in both cells.
     non_none = {p: w for p, w in zip(primitives, weights[0]) if p != "none"}
     assert max(non_none, key=non_none.get) == "dil_conv_5x5", weights
@@ -55,9 +55,9 @@ def test_same_seed_gives_byte_identical_final_descriptor(tmp_path):
     tf.config.experimental.enable_op_determinism()
     runner.search(tiny_config(), tmp_path / "a", verbose=0)
     runner.search(tiny_config(), tmp_path / "b", verbose=0)
-    a, b = (tmp_path / "a" / runner.FINAL_DESC).read_bytes(), (tmp_path / "b" / runner.FINAL_DESC).read_bytes()
+    a, b = (tmp_path / "a" / rundir.FINAL_DESC).read_bytes(), (tmp_path / "b" / rundir.FINAL_DESC).read_bytes()
     assert a == b
-    assert (tmp_path / "a" / runner.SUPERNET_DESC).read_bytes() == (tmp_path / "b" / runner.SUPERNET_DESC).read_bytes()
+    assert (tmp_path / "a" / rundir.SUPERNET_DESC).read_bytes() == (tmp_path / "b" / rundir.SUPERNET_DESC).read_bytes()
 
 
 @pytest.mark.parametrize("stop_after", [2, 3, 4])  # inside epoch 1, at its end, inside epoch 2
@@ -65,13 +65,13 @@ def test_interrupted_search_resumes_to_the_same_result(tmp_path, stop_after):
     tf.config.experimental.enable_op_determinism()
     runner.search(tiny_config(), tmp_path / "full", verbose=0)
     assert runner.search(tiny_config(), tmp_path / "cut", verbose=0, stop_after_steps=stop_after) is None
-    assert not (tmp_path / "cut" / runner.FINAL_DESC).exists()
+    assert not (tmp_path / "cut" / rundir.FINAL_DESC).exists()
     state = json.loads((tmp_path / "cut" / "checkpoints" / "search" / "state.json").read_text())
     assert state["epoch"] * 3 + state["step"] == stop_after
     runner.search(tiny_config(), tmp_path / "cut", verbose=0)
     full, cut = tmp_path / "full", tmp_path / "cut"
-    assert (cut / runner.FINAL_DESC).read_bytes() == (full / runner.FINAL_DESC).read_bytes()
-    assert (cut / runner.SUPERNET_DESC).read_bytes() == (full / runner.SUPERNET_DESC).read_bytes()
+    assert (cut / rundir.FINAL_DESC).read_bytes() == (full / rundir.FINAL_DESC).read_bytes()
+    assert (cut / rundir.SUPERNET_DESC).read_bytes() == (full / rundir.SUPERNET_DESC).read_bytes()
     hist = lambda d: [json.loads(x) for x in (d / "alpha_history.jsonl").read_text().splitlines()]  # noqa
     assert [h["epoch"] for h in hist(cut)] == [1, 2]
     for a, b in zip(hist(cut), hist(full)):  # epoch averages too, not only the final state
@@ -82,7 +82,7 @@ def test_interrupted_search_resumes_to_the_same_result(tmp_path, stop_after):
 
 def test_run_directory_and_tensorboard(tmp_path):
     final = runner.search(tiny_config("search.darts.order=2"), tmp_path, verbose=0)
-    for name in ("config.yaml", runner.FINAL_DESC, runner.SUPERNET_DESC, "alpha_history.jsonl"):
+    for name in ("config.yaml", rundir.FINAL_DESC, rundir.SUPERNET_DESC, "alpha_history.jsonl"):
         assert (tmp_path / name).is_file(), name
     assert config.load_config(tmp_path / "config.yaml") == tiny_config("search.darts.order=2")
     assert all(e.op.name != "mixed" for c in final.cells for n in c.nodes for e in n.edges)

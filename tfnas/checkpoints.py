@@ -19,6 +19,8 @@ import pathlib
 
 import tensorflow as tf
 
+from tfnas.files import write_atomic
+
 SEARCH = "search"
 EVAL = "eval"
 
@@ -59,7 +61,10 @@ def save_weights(model, prefix: str | os.PathLike) -> str:
 
 
 def load_weights(model, prefix: str | os.PathLike) -> None:
-    """Restores every variable of `model` from `save_weights` output; all of them must be found."""
+    """Restores every variable of `model` by path from `save_weights` output: all of them must be found
+    (with their shapes); values in the checkpoint that `model` does not have are left out (a serving
+    network restored from the evaluation network's weights has no auxiliary tower). The one way tfnas
+    moves weights from one model to another."""
     status = tf.train.Checkpoint(model=named_variables(model)).read(str(prefix))
     status.assert_existing_objects_matched()
 
@@ -84,8 +89,7 @@ class LoopCheckpoint:
     def save(self, state: dict) -> None:
         """Saves the TF objects, then the state that names the checkpoint it belongs to (atomically)."""
         path = self.manager.save()
-        from tfnas.descriptors import write_atomic
-        write_atomic(self.dir / "state.json", json.dumps({"checkpoint": os.path.basename(path), **state}).encode())
+        write_atomic(self.dir / "state.json", json.dumps({"checkpoint": os.path.basename(path), **state}))
 
     def restore(self) -> dict | None:
         """Restores the latest checkpoint whose state was written completely; None if there is none."""

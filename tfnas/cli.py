@@ -80,9 +80,12 @@ def arch_options(fn):
         click.argument("arch"),
         click.option("--channels", type=click.IntRange(min=1), help="Channels of the first cells (C)."),
         click.option("--cells", type=click.IntRange(min=1), help="Number of cells."),
-        click.option("--classes", type=click.IntRange(min=1), default=10, show_default=True),
-        click.option("--image-size", type=click.IntRange(min=1), default=32, show_default=True),
-        click.option("--input-channels", type=click.IntRange(min=1), default=3, show_default=True),
+        click.option("--classes", type=click.IntRange(min=1),
+                     help="Classes (default: 10 for a named architecture, a file's own)."),
+        click.option("--image-size", type=click.IntRange(min=1),
+                     help="Input height and width (default: 32 for a named architecture, a file's own)."),
+        click.option("--input-channels", type=click.IntRange(min=1),
+                     help="Input channels (default: 3 for a named architecture, a file's own)."),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -100,10 +103,10 @@ def describe(arch, channels, cells, classes, image_size, input_channels, as_json
     network) or a descriptor file (.pbtxt, .json, .pb). Published cells default to the DARTS evaluation
     network (36 channels, 20 cells), the supernet to the search network (16 channels, 8 cells).
     """
-    from tfnas import summary
-    info = summary.describe(arch, channels=channels, cells=cells, classes=classes, image_size=image_size,
-                            input_channels=input_channels)
-    click.echo(json.dumps(info, indent=2) if as_json else summary.format_text(info))
+    from tfnas import describe as describe_lib
+    desc = _resolve(arch, channels, cells, classes, image_size, input_channels)
+    info = describe_lib.describe(desc, arch)
+    click.echo(json.dumps(info, indent=2) if as_json else describe_lib.format_text(info))
 
 
 @main.command()
@@ -113,10 +116,19 @@ def describe(arch, channels, cells, classes, image_size, input_channels, as_json
 @_friendly
 def draw(arch, channels, cells, classes, image_size, input_channels, out):
     """Draw the normal and reduction cells of ARCH as a picture."""
-    from tfnas import architectures, draw as draw_lib
-    desc = architectures.resolve(arch, channels, cells, classes, image_size, input_channels)
+    from tfnas import draw as draw_lib
+    desc = _resolve(arch, channels, cells, classes, image_size, input_channels)
     draw_lib.save(draw_lib.draw_cells(desc), out)
     click.echo(f"wrote {out}")
+
+
+def _resolve(arch, channels, cells, classes, image_size, input_channels):
+    from tfnas import architectures
+    shape = None
+    if image_size or input_channels:
+        size = image_size or architectures.DEFAULT_INPUT_SHAPE[0]
+        shape = [size, size, input_channels or architectures.DEFAULT_INPUT_SHAPE[2]]
+    return architectures.resolve(arch, input_shape=shape, num_classes=classes, channels=channels, cells=cells)
 
 
 def config_options(fn):
@@ -157,15 +169,13 @@ def search(config_path, overrides, out, quiet):
     (no download), a few minutes on 2 CPU cores.
     """
     import pathlib
-    from tfnas import draw as draw_lib, summary
+    from tfnas import describe as describe_lib, rundir
     from tfnas.search import runner
     config = _load(config_path, overrides)
     final = runner.search(config, out, verbose=0 if quiet else 1)
     out = pathlib.Path(out)
-    draw_lib.save(draw_lib.draw_cells(final), out / "final_cells.png")
-    info = summary.describe_desc(final, arch=str(out / runner.FINAL_DESC))
-    click.echo(summary.format_text(info))
-    click.echo(f"found architecture: {out / runner.FINAL_DESC} (cells drawn in {out / 'final_cells.png'})")
+    click.echo(describe_lib.format_text(describe_lib.describe(final, str(out / rundir.FINAL_DESC))))
+    click.echo(f"found architecture: {out / rundir.FINAL_DESC} (cells drawn in {out / rundir.FINAL_CELLS})")
 
 
 @main.command("eval")
@@ -180,11 +190,11 @@ def eval_command(arch, config_path, overrides, out, quiet):
     The cells of --desc are expanded to the depth and width of `eval.macro` (DARTS: 20 cells, 36 channels)
     and trained with the auxiliary tower, drop path and augmentation of the configuration.
     """
-    from tfnas import evaluation
+    from tfnas import evaluation, rundir
     config = _load(config_path, overrides)
     final = evaluation.evaluate(config, arch, out, verbose=0 if quiet else 1)
     click.echo(f"test accuracy {final['test_accuracy']:.4f} ({final['params']:,} params, "
-               f"{final['epochs']} epochs); weights in {out}/{evaluation.WEIGHTS}.*")
+               f"{final['epochs']} epochs); weights in {out}/{rundir.WEIGHTS}.*")
 
 
 @main.command("export")
@@ -198,9 +208,9 @@ def eval_command(arch, config_path, overrides, out, quiet):
 def export_command(run_dir, out, model_name, version):
     """Export the trained network as a SavedModel in the TF Serving layout."""
     import pathlib
-    from tfnas import config as config_lib, export as export_lib
+    from tfnas import config as config_lib, export as export_lib, rundir
     run = pathlib.Path(run_dir)
-    saved = next((p for p in (run / "config.yaml", run / "eval" / "config.yaml") if p.exists()), None)
+    saved = next((p for p in (run / rundir.CONFIG_FILE, run / "eval" / rundir.CONFIG_FILE) if p.exists()), None)
     config = config_lib.load_config(saved) if saved else config_lib.load_config()
     path = export_lib.export(run, out, model_name or config.export.model_name or "tfnas",
                              version or int(config.export.version) or 1)

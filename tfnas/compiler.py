@@ -2,8 +2,8 @@
 
 Search and evaluation networks come from the same compiler; the options (seed 000) decide what differs:
 auxiliary towers and drop path only in evaluation, affine BatchNorms only in evaluation. Weights are
-created from the descriptor's channel counts while the layers are constructed, so compiling runs no
-TensorFlow graph at all: even the DARTS CIFAR search network builds in about a second.
+created from the descriptor's channel counts while the layers are constructed, so compiling traces no
+TensorFlow graph at all.
 """
 from __future__ import annotations
 
@@ -68,8 +68,10 @@ class Cell(keras.layers.Layer):
         self.concat = concat_states(desc)
         self.built = True
 
-    def call(self, s0, s1, edge_weights=None, drop_rate=None, seed_generator=None, training=False):
-        states = [self.pre0(s0, training=training), self.pre1(s1, training=training)]
+    def call(self, s0, s1, edge_weights=None, drop_rate=None, seed_generator=None, training=False,
+             update_statistics=True):
+        run = dict(training=training, update_statistics=update_statistics)
+        states = [self.pre0(s0, **run), self.pre1(s1, **run)]
         pending = [[] for _ in self.edges]  # per node, its edges' outputs so far
 
         def contribute(node, y, use_drop_path):
@@ -81,7 +83,7 @@ class Cell(keras.layers.Layer):
             for layer, group, targets in self.groups.get(state, ()):
                 rows = tuple(row for _, row in targets)
                 for (node, _), y in zip(targets, layer(states[state], weights=edge_weights[group], rows=rows,
-                                                       training=training)):
+                                                       **run)):
                     contribute(node, y, self.options.drop_path)
 
         run_groups(0)
@@ -90,9 +92,9 @@ class Cell(keras.layers.Layer):
             for inputs, layer, use_drop_path in node_edges:
                 if layer.desc.name == "mixed":
                     y = layer(states[inputs[0]], weights=edge_weights[layer.desc.alpha_group],
-                              rows=(layer.desc.alpha_index,), training=training)[0]
+                              rows=(layer.desc.alpha_index,), **run)[0]
                 else:
-                    y = layer(*[states[i] for i in inputs], training=training)
+                    y = layer(*[states[i] for i in inputs], **run)
                 contribute(n, y, use_drop_path)
             states.append(tf.add_n(pending[n]) if len(pending[n]) > 1 else pending[n][0])
             run_groups(len(states) - 1)
@@ -192,19 +194,22 @@ class NasModel(keras.Model):
         """softmax(alpha) per group, once per forward pass: the edges read their rows of it."""
         return {group: tf.nn.softmax(alpha, axis=-1) for group, alpha in self.alpha_vars.items()}
 
-    def forward(self, x, training=False):
-        s0 = s1 = self.stem(x, training=training)
+    def forward(self, x, training=False, update_statistics=True):
+        """(logits, auxiliary logits). `update_statistics=False`: a training pass that normalises by its
+        batch and leaves every moving BatchNorm statistic as it was."""
+        run = dict(training=training, update_statistics=update_statistics)
+        s0 = s1 = self.stem(x, **run)
         weights = self.edge_weights()
         aux_logits = []
         for i, cell in enumerate(self.cells):
             s0, s1 = s1, cell(s0, s1, edge_weights=weights, drop_rate=self.drop_rate,
-                              seed_generator=self.seed_generator, training=training)
+                              seed_generator=self.seed_generator, **run)
             if training:
-                aux_logits.extend(t(s1, training=training) for at, _, t in self.aux if at == i)
+                aux_logits.extend(t(s1, **run) for at, _, t in self.aux if at == i)
         return self.classifier(self.pool(s1)), aux_logits
 
-    def call(self, x, training=False):
-        return self.forward(x, training=training)[0]
+    def call(self, x, training=False, update_statistics=True):
+        return self.forward(x, training=training, update_statistics=update_statistics)[0]
 
 
 def compile_model(desc: pb.ModelDesc, options: pb.CompilerOptions = SEARCH_OPTIONS) -> NasModel:

@@ -11,19 +11,17 @@ from __future__ import annotations
 import difflib
 import os
 import pathlib
-import tempfile
 from typing import Any, Sequence
 
 import yaml
 from google.protobuf import descriptor, json_format, text_format
 
 from tfnas.errors import UserError
+from tfnas.files import write_atomic
 from tfnas.proto import config_pb2
+from tfnas.search import darts as darts_lib
 
 DEFAULT_CONFIG_PATH = pathlib.Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
-# Candidate operations of DARTS (Liu et al., ICLR 2019); the op registry may pass its own list.
-DARTS_PRIMITIVES = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3",
-                    "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
 TEXT_FORMAT_SUFFIXES = (".pbtxt", ".textproto")
 
 _FD = descriptor.FieldDescriptor
@@ -313,7 +311,7 @@ def validate(config: config_pb2.ExperimentConfig, known_ops: Sequence[str] | Non
           config.eval.drop_path_prob)
     check(darts.order in (1, 2), "search.darts.order", "1 or 2", darts.order)
     check(darts.edges_per_node >= 1, "search.darts.edges_per_node", ">= 1", darts.edges_per_node)
-    known = list(DARTS_PRIMITIVES if known_ops is None else known_ops)
+    known = list(darts_lib.PRIMITIVES if known_ops is None else known_ops)
     for op in darts.primitives:
         if op not in known:
             raise ConfigError(f"search.darts.primitives: unknown operation '{op}'{_suggest(op, known)} "
@@ -352,14 +350,4 @@ def config_to_yaml(config: config_pb2.ExperimentConfig) -> str:
 
 def save_config(config: config_pb2.ExperimentConfig, path: str | os.PathLike[str]) -> None:
     """Writes `config` as YAML that load_config reads back equal; atomic, so a crash leaves no half file."""
-    target = pathlib.Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(config_to_yaml(config))
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a saved config is meant to be shared
-        os.replace(tmp, target)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, config_to_yaml(config))

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 import pathlib
-import tempfile
 
 from google.protobuf import json_format, message, text_format
 
 from tfnas.errors import UserError
+from tfnas.files import write_atomic
 from tfnas.proto import descriptors_pb2 as pb
 
 
@@ -51,20 +51,6 @@ def from_bytes(data: bytes, msg: message.Message, fmt: str, where: str = "<bytes
         detail = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DescriptorError(f"{where}: {detail}") from None
     return msg
-
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save(msg: message.Message, path: str | os.PathLike) -> None:

@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from tfnas.alphas import alpha_arrays, softmax, strongest
 from tfnas.errors import UserError
 from tfnas.proto import descriptors_pb2 as pb
 
@@ -57,15 +58,6 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def _strongest(row: Sequence[tuple[str, float]]) -> tuple[str, float] | None:
-    """The heaviest candidate other than 'none' (the op DARTS would keep); ties go to the first."""
-    best = None
-    for name, weight in row:
-        if name != "none" and (best is None or float(weight) > best[1]):
-            best = (name, float(weight))
-    return best
-
-
 def _row_weights(weights: Mapping[Any, Any] | None, op: pb.OpDesc) -> Sequence[tuple[str, float]] | None:
     """Weights of a mixed op: `weights` is {alpha row: [(op, weight), ...]} or, so one dict can serve a
     whole model whose cell types use separate alpha sets, {alpha group: {alpha row: [...]}}."""
@@ -83,24 +75,20 @@ def edge_label(op: pb.OpDesc, weights: Mapping[Any, Any] | None = None) -> tuple
     if op.name != "mixed":
         return op.name, op_family(op.name)
     row = _row_weights(weights, op)
-    best = _strongest(row) if row else None
+    best = strongest([w for _, w in row], [n for n, _ in row]) if row else None
     if best is None:
         return "mixed", "other"
-    return f"{best[0]} {best[1]:.2f}", op_family(best[0])
+    name = row[best[0]][0]
+    return f"{name} {best[1]:.2f}", op_family(name)
 
 
 def alpha_weights(desc: pb.ModelDesc) -> dict[str, dict[int, list[tuple[str, float]]]]:
     """Softmaxed architecture weights stored in a saved search descriptor, in the form `draw_cell`
     takes ({group: {row: [(op, weight), ...]}}); empty when the descriptor holds none."""
     out: dict[str, dict[int, list[tuple[str, float]]]] = {}
-    for group, alphas in sorted(desc.alpha_groups.items()):
-        prims, values = list(alphas.primitives), np.asarray(alphas.values, dtype=np.float64)
-        if not prims or values.size == 0 or values.size % len(prims):
-            continue
-        rows = values.reshape(-1, len(prims))
-        probs = np.exp(rows - rows.max(axis=1, keepdims=True))
-        probs /= probs.sum(axis=1, keepdims=True)
-        out[group] = {r: [(p, float(w)) for p, w in zip(prims, probs[r])] for r in range(len(rows))}
+    for group, values in alpha_arrays(desc).items():
+        prims, probs = list(desc.alpha_groups[group].primitives), softmax(values)
+        out[group] = {r: [(p, float(w)) for p, w in zip(prims, probs[r])] for r in range(len(probs))}
     return out
 
 

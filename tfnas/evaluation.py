@@ -7,9 +7,8 @@ over the epochs (DARTS: drop_prob * epoch / epochs), affine BatchNorm. Training 
 SGD with momentum and cosine schedule, coupled weight decay, gradient clipping, random crop after padding,
 horizontal flip where it makes sense, cutout.
 
-The run directory holds config.yaml, model_desc.pbtxt (the network trained), dataset.json (normalisation
-and class names, which the export needs), metrics.json, final_weights.*, tensorboard/ and
-checkpoints/eval/. Running again on the same directory resumes; a finished evaluation is not rerun.
+The run directory is laid out in `tfnas.rundir`. Running again on the same directory resumes; a finished
+evaluation is not rerun.
 """
 from __future__ import annotations
 
@@ -20,58 +19,35 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfnas import architectures, checkpoints, compiler, data as data_lib, descriptors, genotypes, runtime
-from tfnas.descriptors import write_atomic
+from tfnas import architectures, checkpoints, compiler, data as data_lib, descriptors, rundir, runtime
 from tfnas.errors import UserError
+from tfnas.files import write_atomic
 from tfnas.proto import config_pb2
 from tfnas.proto import descriptors_pb2 as pb
-from tfnas.search.runner import prepare_run_dir, seed_everything
-from tfnas.train import optim
+from tfnas.train import optim, steps as steps_lib
 from tfnas.train.metrics import accuracy, correct, cross_entropy
 from tfnas.train.loop import EpochCallback, run_loop
-
-MODEL_DESC = "model_desc.pbtxt"
-DATASET_INFO = "dataset.json"
-METRICS = "metrics.json"
-WEIGHTS = "final_weights"  # a name-keyed TF checkpoint: final_weights.index + .data-*
 
 
 def write_weights(net: compiler.NasModel, out: pathlib.Path) -> None:
     """Writes the trained weights beside a marker that is created last: a crash mid-write leaves no
     marker, and the weights count as absent."""
-    checkpoints.save_weights(net, out / WEIGHTS)
-    (out / f"{WEIGHTS}.done").write_text("1\n")
+    checkpoints.save_weights(net, out / rundir.WEIGHTS)
+    (out / f"{rundir.WEIGHTS}.done").write_text("1\n")
 
 
 def has_weights(out: pathlib.Path) -> bool:
-    return (out / f"{WEIGHTS}.done").exists()
-
-
-def evaluation_desc(arch: str | pb.ModelDesc, macro: config_pb2.MacroConfig, image_shape, num_classes: int) -> pb.ModelDesc:
-    """The finalised cells of `arch` (a published name, a descriptor file or message) laid out by `macro`."""
-    if isinstance(arch, str):
-        genotype = genotypes.lookup(arch)
-        if genotype is None:
-            final = descriptors.load_model_desc(arch) if pathlib.Path(arch).exists() else None
-            if final is None:
-                raise UserError(f"{arch}: neither a descriptor file nor a published architecture "
-                                f"({', '.join(sorted(genotypes.PUBLISHED))})")
-            if architectures.is_search_desc(final):
-                raise UserError(f"{arch}: a search descriptor with mixed edges; evaluate its final_desc.pbtxt")
-            final.source = final.source or arch
-            return genotypes.expand(final, macro, list(image_shape), num_classes)
-        return genotypes.to_desc(genotype, macro, list(image_shape), num_classes, source=arch.upper())
-    return genotypes.expand(arch, macro, list(image_shape), num_classes)
+    return (out / f"{rundir.WEIGHTS}.done").exists()
 
 
 class EvalTrainer(keras.Model):
     """Supervised training of an evaluation network with its auxiliary towers: one `train_step` per batch."""
 
     def __init__(self, net: compiler.NasModel, optimizer, opt_cfg: config_pb2.OptimizerConfig,
-                 augmentation: config_pb2.AugmentationConfig, mean, std, seed: int, **kw):
+                 augmentation: config_pb2.AugmentationConfig, seed: int, **kw):
         super().__init__(name=kw.pop("name", "eval_trainer"), **kw)
         self.net, self.opt, self.opt_cfg, self.augmentation = net, optimizer, opt_cfg, augmentation
-        self.mean, self.std, self.seed = mean, std, int(seed)
+        self.seed = int(seed)
         self.opt.build(net.trainable_variables)
         self.trackers = {n: keras.metrics.Mean(name=n) for n in ("loss", "accuracy")}
         self.built = True
@@ -84,8 +60,8 @@ class EvalTrainer(keras.Model):
         return self.net(x, training=training)
 
     def train_step(self, data):
-        images, labels = data
-        x = data_lib.preprocess(images, self.mean, self.std)
+        """One SGD step on a normalised batch (x, labels), augmented here."""
+        x, labels = data
         # Augmentation seeded by (seed, step): reproducible, and identical after a resume.
         x = data_lib.augment(x, self.augmentation, tf.stack([tf.constant(self.seed, tf.int64),
                                                               tf.cast(self.opt.iterations, tf.int64)]))
@@ -103,14 +79,6 @@ class EvalTrainer(keras.Model):
         return {**{k: t.result() for k, t in self.trackers.items()}, "lr": optim.current_lr(self.opt)}
 
 
-def logits_function(net: compiler.NasModel, image_shape, mean, std):
-    """A traced inference function uint8 images -> logits; built once and reused every epoch."""
-    @tf.function(input_signature=[tf.TensorSpec([None, *image_shape], tf.uint8)], autograph=False)
-    def logits_of(images):
-        return net(data_lib.preprocess(images, mean, std), training=False)
-    return logits_of
-
-
 def test_accuracy(logits_of, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, float]:
     """(accuracy, mean loss) on a whole split, in inference mode."""
     hits, loss = 0.0, 0.0
@@ -125,10 +93,10 @@ def test_accuracy(logits_of, x: np.ndarray, y: np.ndarray, batch_size: int) -> t
 class EvalMonitor(EpochCallback):
     def __init__(self, run_dir: pathlib.Path, net, test_split, mean, std, batch_size):
         self.run_dir, self.net, self.test, self.batch = run_dir, net, test_split, batch_size
-        self.logits_of = logits_function(net, test_split[0].shape[1:], mean, std)
-        self.writer = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
+        self.logits_of = steps_lib.inference_function(net, test_split[0].shape[1:], mean, std)
+        self.writer = tf.summary.create_file_writer(str(run_dir / rundir.TENSORBOARD))
         self.history = []
-        path = run_dir / METRICS
+        path = run_dir / rundir.METRICS
         if path.exists():
             self.history = json.loads(path.read_text()).get("history", [])
 
@@ -142,8 +110,16 @@ class EvalMonitor(EpochCallback):
                 tf.summary.scalar("epoch/drop_path_rate", float(self.net.drop_rate.numpy()))
         self.writer.flush()
         self.history = [h for h in self.history if h["epoch"] <= epoch] + [{"epoch": epoch + 1, **logs}]
-        write_atomic(self.run_dir / METRICS, json.dumps({"history": self.history}, indent=1).encode())
+        write_atomic(self.run_dir / rundir.METRICS, json.dumps({"history": self.history}, indent=1))
         print(f"epoch {epoch + 1}: test_accuracy {acc:.4f}")
+
+
+def build_trainer(config: config_pb2.ExperimentConfig, desc: pb.ModelDesc, steps_per_epoch: int) -> EvalTrainer:
+    """The evaluation network of `desc`, compiled, with its optimiser (the benchmark builds it here too)."""
+    e = config.eval
+    net = compiler.compile_model(desc, compiler.EVAL_OPTIONS)
+    opt = optim.make_optimizer(e.trainer.optimizer, e.trainer.epochs, steps_per_epoch, "optimizer")
+    return EvalTrainer(net, opt, e.trainer.optimizer, e.augmentation, int(config.seed))
 
 
 def evaluate(config: config_pb2.ExperimentConfig, arch: str | pb.ModelDesc, out_dir: str | pathlib.Path,
@@ -151,37 +127,33 @@ def evaluate(config: config_pb2.ExperimentConfig, arch: str | pb.ModelDesc, out_
              dataset: data_lib.Dataset | None = None) -> dict | None:
     """Trains `arch` from scratch (or resumes); returns the final metrics (None if stopped on purpose)."""
     e = config.eval
+    runtime.configure_threads(config.runtime)
     dataset = dataset or data_lib.load_dataset(config.data)
-    desc = evaluation_desc(arch, e.macro, dataset.image_shape, dataset.num_classes)
-    out = prepare_run_dir(out_dir, config)
-    if (out / MODEL_DESC).exists() and descriptors.load_model_desc(out / MODEL_DESC) != desc:
-        raise UserError(f"{out} holds the evaluation of another architecture ({out / MODEL_DESC}); "
+    desc = architectures.resolve(arch, e.macro, dataset.image_shape, dataset.num_classes, require_final=True)
+    out = rundir.prepare(out_dir, config)
+    if (out / rundir.MODEL_DESC).exists() and descriptors.load_model_desc(out / rundir.MODEL_DESC) != desc:
+        raise UserError(f"{out} holds the evaluation of another architecture ({out / rundir.MODEL_DESC}); "
                         "use a new --out directory")
-    metrics_path = out / METRICS
+    metrics_path = out / rundir.METRICS
     ckpt_done = out / "checkpoints" / checkpoints.EVAL / "done"
     if ckpt_done.exists() and has_weights(out) and metrics_path.exists():
         finished = json.loads(metrics_path.read_text()).get("final")
         if finished is not None:
             return finished
-    seed_everything(config)
+    runtime.seed_everything(config)
     mean, std = data_lib.normalization(dataset, config.data)
-    descriptors.save(desc, out / MODEL_DESC)
-    write_atomic(out / DATASET_INFO, json.dumps({
+    descriptors.save(desc, out / rundir.MODEL_DESC)
+    write_atomic(out / rundir.DATASET_INFO, json.dumps({
         "dataset": dataset.name, "image_shape": list(dataset.image_shape), "class_names": dataset.class_names,
-        "mean": [float(m) for m in mean], "std": [float(s) for s in std]}, indent=1).encode())
+        "mean": [float(m) for m in mean], "std": [float(s) for s in std]}, indent=1))
 
-    net = compiler.compile_model(desc, compiler.EVAL_OPTIONS)
     stream = data_lib.BatchStream(*dataset.train, e.trainer.batch_size, seed=int(config.seed))
     steps = stream.steps_per_epoch
     if e.trainer.max_steps_per_epoch:
         steps = min(steps, e.trainer.max_steps_per_epoch)
-    opt = optim.make_optimizer(e.trainer.optimizer, e.trainer.epochs, steps, "optimizer")
-    trainer = EvalTrainer(net, opt, e.trainer.optimizer, e.augmentation, mean, std, int(config.seed))
-    image_spec = tf.TensorSpec([e.trainer.batch_size, *dataset.image_shape], tf.uint8)
-
-    @tf.function(input_signature=[image_spec, tf.TensorSpec([e.trainer.batch_size], tf.int64)], autograph=False)
-    def step(images, labels):
-        return trainer.train_step((images, labels))
+    trainer = build_trainer(config, desc, steps)
+    net = trainer.net
+    step = steps_lib.training_step(trainer.train_step, e.trainer.batch_size, dataset.image_shape, mean, std)
 
     def on_epoch_begin(epoch):
         if net.drop_rate is not None:
@@ -189,9 +161,10 @@ def evaluate(config: config_pb2.ExperimentConfig, arch: str | pb.ModelDesc, out_
 
     # The drop-path seed generator's state is one of the net's variables, so it is saved with it.
     loop_ckpt = checkpoints.LoopCheckpoint(out, checkpoints.EVAL, net=checkpoints.named_variables(net),
-                                           optimizer=opt, metrics=checkpoints.metric_variables(trainer.trackers))
+                                           optimizer=trainer.opt,
+                                           metrics=checkpoints.metric_variables(trainer.trackers))
     monitor = EvalMonitor(out, net, dataset.test, mean, std, e.trainer.batch_size)
-    with runtime.training_graph_options(e.trainer.graph_optimizer):
+    with runtime.training_graph_options(config.runtime.graph_optimizer):
         logs = run_loop(step, [stream], e.trainer.epochs, steps, loop_ckpt, trainer.reset_trackers,
                         callbacks=[monitor], on_epoch_begin=on_epoch_begin,
                         checkpoint_every_steps=e.trainer.checkpoint_every_steps, verbose=verbose,
@@ -202,6 +175,6 @@ def evaluate(config: config_pb2.ExperimentConfig, arch: str | pb.ModelDesc, out_
     final = {"test_accuracy": acc, "test_loss": loss, "params": compiler.count_params(net, include_aux=False),
              "params_with_aux": compiler.count_params(net), "epochs": e.trainer.epochs,
              "train_accuracy": logs.get("accuracy")}
-    write_atomic(metrics_path, json.dumps({"final": final, "history": monitor.history}, indent=1).encode())
+    write_atomic(metrics_path, json.dumps({"final": final, "history": monitor.history}, indent=1))
     write_weights(net, out)  # its marker last: present only once everything before it is written
     return final

@@ -4,7 +4,8 @@ Layout: <export_dir>/<model_name>/<version>/ (saved_model.pb, variables/, assets
 signature takes `images`, a uint8 batch [N, H, W, C] of any batch size (other sizes are resized to the
 training size), normalises inside the graph, and returns `probabilities`, `class_id` and `class_name`. The
 network is recompiled without auxiliary tower and drop path, and the trained weights are copied in by
-variable path (op ids name the layers), so neither is in the exported graph or its variables. The
+variable path (op ids name the layers, checkpoints.load_weights), so neither is in the exported graph or
+its variables. The
 descriptor and the class names travel with the model as assets.
 """
 from __future__ import annotations
@@ -18,24 +19,12 @@ import tensorflow as tf
 
 from tfnas import checkpoints, compiler, descriptors
 from tfnas.errors import UserError
-from tfnas.evaluation import DATASET_INFO, MODEL_DESC, WEIGHTS, has_weights
+from tfnas.evaluation import has_weights
 from tfnas.proto import descriptors_pb2 as pb
+from tfnas.rundir import DATASET_INFO, MODEL_DESC, WEIGHTS
 
 SERVING_OPTIONS = pb.CompilerOptions(aux_towers=False, drop_path=False, affine=True)
 SIGNATURE_INPUT = "images"
-
-
-def transfer_weights(src: compiler.NasModel, dst: compiler.NasModel) -> int:
-    """Copies every variable of `dst` from the variable of `src` with the same path; returns the count."""
-    source = {v.path: v for v in src.variables}
-    missing = [v.path for v in dst.variables if v.path not in source]
-    if missing:
-        raise ValueError(f"{len(missing)} variables have no trained value, e.g. {missing[:3]}")
-    for v in dst.variables:
-        if tuple(v.shape) != tuple(source[v.path].shape):
-            raise ValueError(f"{v.path}: shape {tuple(v.shape)} != trained {tuple(source[v.path].shape)}")
-        v.assign(source[v.path].value)
-    return len(dst.variables)
 
 
 class ServingModule(tf.Module):
@@ -77,12 +66,15 @@ def find_eval_dir(run_dir: str | pathlib.Path) -> pathlib.Path:
                     "folder with them); run `tfnas eval` or `tfnas run` first")
 
 
-def load_trained(eval_dir: pathlib.Path) -> tuple[pb.ModelDesc, compiler.NasModel, dict]:
+def load_trained(eval_dir: pathlib.Path, options: pb.CompilerOptions = SERVING_OPTIONS
+                 ) -> tuple[pb.ModelDesc, compiler.NasModel, dict]:
+    """The trained network of an evaluation directory compiled with `options`, its weights loaded by
+    path (a serving network has no auxiliary tower or drop path: those trained values are left out)."""
     desc = descriptors.load_model_desc(eval_dir / MODEL_DESC)
     info = json.loads((eval_dir / DATASET_INFO).read_text())
-    trained = compiler.compile_model(desc, compiler.EVAL_OPTIONS)
-    checkpoints.load_weights(trained, eval_dir / WEIGHTS)
-    return desc, trained, info
+    net = compiler.compile_model(desc, options)
+    checkpoints.load_weights(net, eval_dir / WEIGHTS)
+    return desc, net, info
 
 
 def export(run_dir: str | pathlib.Path, export_dir: str | pathlib.Path | None = None, model_name: str = "tfnas",
@@ -93,9 +85,7 @@ def export(run_dir: str | pathlib.Path, export_dir: str | pathlib.Path | None = 
     target = base / model_name / str(version)
     if target.exists():
         raise UserError(f"{target} already exists; export under another version (export.version) or remove it")
-    desc, trained, info = load_trained(eval_dir)
-    net = compiler.compile_model(desc, SERVING_OPTIONS)
-    transfer_weights(trained, net)
+    desc, net, info = load_trained(eval_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{version}.") as tmp:
         tmp = pathlib.Path(tmp)
@@ -111,6 +101,6 @@ def export(run_dir: str | pathlib.Path, export_dir: str | pathlib.Path | None = 
 def reference_predictions(run_dir: str | pathlib.Path, images: np.ndarray) -> np.ndarray:
     """Class probabilities of the trained Keras model (no export), for checking an export against."""
     eval_dir = find_eval_dir(run_dir)
-    _, trained, info = load_trained(eval_dir)
+    _, trained, info = load_trained(eval_dir, compiler.EVAL_OPTIONS)
     x = (images.astype(np.float32) / 255.0 - np.asarray(info["mean"], np.float32)) / np.asarray(info["std"], np.float32)
     return tf.nn.softmax(trained(x, training=False), axis=-1).numpy()

@@ -1,4 +1,4 @@
-"""The DARTS operations (Liu et al., ICLR 2019): the eight candidates and the cell preprocessing.
+"""The DARTS operations (Liu et al., ICLR 2019): the candidates of a mixed edge and the cell preprocessing.
 
 Shapes and parameter counts follow the reference implementation exactly (bias-free convs, one BN per
 conv block, FactorizedReduce as two shifted stride-2 1x1 convs); `tests/test_ops.py` pins them.
@@ -9,13 +9,18 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tfnas.ops.base import (BatchNorm, OpLayer, conv2d, depthwise, depthwise_block, fits_blocks, from_blocks,
-                            pad_amount, pointwise)
+from tfnas.ops.batchnorm import BatchNorm
+from tfnas.ops.conv import conv2d, depthwise, pad_amount, pointwise
+from tfnas.ops.depthwise_block import depthwise_block
+from tfnas.ops.layer import OpLayer
 from tfnas.ops.registry import register
+from tfnas.ops.space_to_batch import fits_blocks, from_blocks
 
-# Candidate operations of DARTS, in the order of the reference code (the alpha column order).
-DARTS_PRIMITIVES = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
-                    "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
+
+def block_options(layer: OpLayer) -> dict:
+    """The depthwise_block arguments that follow from a layer's compiler options and build."""
+    return dict(recompute=layer.options.recompute_depthwise, hold_less=not layer.options.nested_gradients,
+                grouped=layer.grouped)
 
 
 @register("relu_conv_bn")
@@ -30,8 +35,9 @@ class ReluConvBN(OpLayer):
         self.bn = BatchNorm(self, "bn", desc.out_channels, options.affine)
         self.finish_build()
 
-    def call(self, x, training=False):
-        return self.bn(conv2d(tf.nn.relu(x), self.w, self.stride, self.padding), training)
+    def call(self, x, training=False, update_statistics=True):
+        return self.bn(conv2d(tf.nn.relu(x), self.w, self.stride, self.padding), training,
+                       update_statistics=update_statistics)
 
     def macs(self, h, w):
         oh, ow = self.out_size(h, w)
@@ -63,12 +69,12 @@ class SepConv(OpLayer):
         self.bn2 = BatchNorm(self, "bn2", k * c_out, options.affine)
         self.finish_build()
 
-    def call(self, x, training=False, shared=None, weight=None):
-        recompute = self.options.recompute_depthwise
+    def call(self, x, training=False, update_statistics=True, shared=None, weight=None):
+        block = dict(training=training, update_statistics=update_statistics, **block_options(self))
         x = depthwise_block(self.relu_input(x, shared, spread=True), self.dw1, self.pw1, self.padding, self.stride,
-                            training=training, recompute=recompute)
-        x = depthwise_block(x, self.dw2, self.pw2, self.padding, bn=self.bn1, training=training, recompute=recompute)
-        return self.bn2(x, training, weight)
+                            **block)
+        x = depthwise_block(x, self.dw2, self.pw2, self.padding, bn=self.bn1, **block)
+        return self.bn2(x, training, weight, update_statistics=update_statistics)
 
     def macs(self, h, w):
         oh, ow = self.out_size(h, w)
@@ -80,7 +86,7 @@ class SepConv(OpLayer):
 class DilConv(OpLayer):
     """ReLU -> depthwise kxk with dilation 2 -> pointwise 1x1 -> BN.
 
-    At stride 1, on even sizes, the whole block runs in space-to-batch layout (base.to_blocks): one copy
+    At stride 1, on even sizes, the whole block runs in space-to-batch layout (space_to_batch.to_blocks): one copy
     of the input in and one of the output out, where a dilated conv alone needs the same two around the
     depthwise conv. Called with `shared` (in a mixed op), the candidates share the input's copy, and with
     `blocked=True` the output stays in that layout, so that the mixed op sums the dilated candidates
@@ -103,17 +109,17 @@ class DilConv(OpLayer):
     def blocks(self, x) -> int:
         return self.DILATION if self.stride == 1 and fits_blocks(x, self.DILATION) else 0
 
-    def call(self, x, training=False, shared=None, weight=None, blocked=False):
+    def call(self, x, training=False, update_statistics=True, shared=None, weight=None, blocked=False):
         if self.blocks(x):
             y = depthwise_block(self.relu_input(x, shared, spread=True, blocks=self.DILATION), self.dw, self.pw,
                                 pad_amount(self.dw.shape[0]), training=training,
-                                recompute=self.options.recompute_depthwise)
-            y = self.bn(y, training, weight)
+                                update_statistics=update_statistics, **block_options(self))
+            y = self.bn(y, training, weight, update_statistics=update_statistics)
             return y if blocked else from_blocks(y, self.DILATION)
         if blocked:
             raise ValueError(f"operation {self.desc.id or self.desc.name}: no block layout for input {x.shape}")
         x = depthwise(self.relu_input(x, shared, spread=True), self.dw, self.stride, self.padding, self.DILATION)
-        return self.bn(pointwise(x, self.pw), training, weight)
+        return self.bn(pointwise(x, self.pw, self.grouped), training, weight, update_statistics=update_statistics)
 
     def macs(self, h, w):
         oh, ow = self.out_size(h, w)
@@ -145,7 +151,7 @@ class FactorizedReduce(OpLayer):
         self.bn = BatchNorm(self, "bn", k * c_out, options.affine)
         self.finish_build()
 
-    def call(self, x, training=False, shared=None, weight=None):
+    def call(self, x, training=False, update_statistics=True, shared=None, weight=None):
         x = self.relu_input(x, shared, spread=False)
         shifted = tf.slice(x, [0, 1, 1, 0], [-1, -1, -1, -1])  # not x[:, 1:, 1:]: Slice's gradient is a fast Pad
         h, w = x.shape[1], x.shape[2]
@@ -153,10 +159,11 @@ class FactorizedReduce(OpLayer):
             shifted = tf.pad(shifted, [[0, 0], [0, h % 2], [0, w % 2], [0, 0]])
         halves = [conv2d(x, self.w1, 2), conv2d(shifted, self.w2, 2)]
         if self.copies == 1:
-            return self.bn(tf.concat(halves, -1), training, weight)
+            return self.bn(tf.concat(halves, -1), training, weight, update_statistics=update_statistics)
         oh, ow, k = halves[0].shape[1], halves[0].shape[2], self.copies
         y = tf.concat([tf.reshape(half, [-1, oh, ow, k, half.shape[-1] // k]) for half in halves], -1)
-        return self.bn(tf.reshape(y, [-1, oh, ow, k * y.shape[-1]]), training, weight)  # copy-major channels
+        y = tf.reshape(y, [-1, oh, ow, k * y.shape[-1]])  # copy-major channels
+        return self.bn(y, training, weight, update_statistics=update_statistics)
 
     def macs(self, h, w):
         oh, ow = self.out_size(h, w)
@@ -188,8 +195,10 @@ class SkipConnect(OpLayer):
     def is_identity(self) -> bool:
         return self.reduce is None
 
-    def call(self, x, training=False, shared=None, weight=None):
-        return x if self.reduce is None else self.reduce(x, training=training, shared=shared, weight=weight)
+    def call(self, x, training=False, update_statistics=True, shared=None, weight=None):
+        if self.reduce is None:
+            return x
+        return self.reduce(x, training=training, update_statistics=update_statistics, shared=shared, weight=weight)
 
     def macs(self, h, w):
         return 0 if self.reduce is None else self.reduce.macs(h, w)
@@ -206,7 +215,7 @@ class Zero(OpLayer):
         self.out_copies = 1
         self.finish_build()
 
-    def call(self, x, training=False):
+    def call(self, x, training=False, update_statistics=True):
         s = self.stride
         return tf.zeros_like(x if s == 1 else x[:, ::s, ::s, :])
 
@@ -224,7 +233,7 @@ class Pool(OpLayer):
         self.out_copies = 1  # no weights: every copy computes the same
         self.finish_build()
 
-    def call(self, x, training=False):
+    def call(self, x, training=False, update_statistics=True):
         s = self.stride
         if self.kind == "max":
             if s == 1:

@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.eager import record  # private, as in ops.base
+from tensorflow.python.eager import record  # private, stable in the pinned TF range
 
-from tfnas.ops.base import BatchNorm, OpLayer, SharedInputs, from_blocks, per_graph, tile_channels
+from tfnas.ops.batchnorm import BatchNorm
+from tfnas.ops.channels import tile_channels
+from tfnas.ops.constants import per_graph
+from tfnas.ops.layer import OpLayer, SharedInputs
 from tfnas.ops.registry import create, register
+from tfnas.ops.space_to_batch import from_blocks
 
 
 @register("mixed")
@@ -45,7 +49,7 @@ class MixedOp(OpLayer):
         self._layers = [layer for _, layer, _ in self.branches]  # tracked for weights and checkpoints
         self.finish_build()
 
-    def call(self, x, weights=None, rows=None, training=False):
+    def call(self, x, weights=None, rows=None, training=False, update_statistics=True):
         """`weights`: softmax rows [edges, candidates]; `rows`: the `copies` rows this op's edges read
         (default: the first `copies`). Returns the `copies` edge outputs."""
         k = self.copies
@@ -64,7 +68,9 @@ class MixedOp(OpLayer):
         # and for k copies in passes that differentiate the weights (alpha passes): see _fold_pool_weight.
         fold_pools = training and record.should_record_backprop([weights])
         for column, layer, bn in self.branches:
-            kwargs = {"shared": shared} if layer.reads_relu else {}
+            kwargs = {"update_statistics": update_statistics}
+            if layer.reads_relu:
+                kwargs["shared"] = shared
             if layer.folds_weight:  # the candidate's last BatchNorm applies the weight
                 block = layer.blocks(x)
                 if block:
@@ -77,10 +83,11 @@ class MixedOp(OpLayer):
             if bn is not None and (not shared_out or (fold_pools and _fold_pool_weight(k, bn.channels))):
                 # The weight folded into the pool's BatchNorm (which runs over all k copies at once).
                 y = tile_channels(y, k) if shared_out else y
-                terms.append(bn(y, training, weight=columns[column], copies=k if shared_out else 1))
+                terms.append(bn(y, training, weight=columns[column], copies=k if shared_out else 1,
+                                update_statistics=update_statistics))
                 continue
             if bn is not None:
-                y = bn(y, training)
+                y = bn(y, training, update_statistics=update_statistics)
             if shared_out:
                 y = tile_channels(y, k)  # one output for all k edges
             # A per-channel vector on the last axis: TF's fast broadcasting path, forward and backward.
@@ -102,13 +109,10 @@ def _fold_pool_weight(copies: int, channels: int) -> bool:
     takes their weights as its scale, running over the k copies of its input (see BatchNorm's `copies`),
     rather than over one copy and followed by a tile and a multiply (with one edge it always takes it:
     the same BatchNorm, one multiply less). Folded, the multiply and the reduction that gives the weights'
-    gradient go; the BatchNorm runs k times wider. Forward and backward over pools and identity, input and
-    weight gradients (one core): at 16 channels folding was faster for every k from 1 to 5 (64 x 32 x 32:
-    9-11 against 14-15 ms at k = 1, 21-25 against 34 ms at k = 2, 51-54 against 57-60 ms at k = 5); at 8
-    channels it was slower for k = 3 and 5 (24 and 40 channels: 17.4-17.5 against 12.4-16.7 ms at k = 3,
-    batch 32), where oneDNN's BatchNorm covers a partial vector of 16 floats. A weight-gradient pass needs
-    no weight gradient there, and folded its BatchNorm gradients would hold the k tiled copies instead of
-    one (+0.22 GiB held on the CIFAR-10 search network), so it never folds."""
+    gradient go; the BatchNorm runs k times wider. That was faster wherever k x channels is a multiple of
+    16 and slower elsewhere, where oneDNN's BatchNorm covers a partial vector of 16 floats (measurements in
+    benchmarks/README.md). A weight-gradient pass needs no weight gradient there, and folded its BatchNorm
+    gradients would hold the k tiled copies instead of one, so it never folds."""
     return (copies * channels) % 16 == 0
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tfnas.ops.base import BatchNorm, OpLayer, conv2d, pad_amount, torch_like_init
+from tfnas.ops.batchnorm import BatchNorm
+from tfnas.ops.conv import conv2d, pad_amount
+from tfnas.ops.layer import OpLayer, torch_like_init
 from tfnas.ops.registry import register
 
 
@@ -24,8 +26,8 @@ class Stem(OpLayer):
         self.bn = BatchNorm(self, "bn", desc.out_channels, affine=True)
         self.finish_build()
 
-    def call(self, x, training=False):
-        return self.bn(conv2d(x, self.w, self.stride, self.padding), training)
+    def call(self, x, training=False, update_statistics=True):
+        return self.bn(conv2d(x, self.w, self.stride, self.padding), training, update_statistics=update_statistics)
 
     def macs(self, h, w):
         oh, ow = self.out_size(h, w)
@@ -38,7 +40,7 @@ class GlobalAvgPool(OpLayer):
         super().__init__(desc, options, **kw)
         self.finish_build()
 
-    def call(self, x, training=False):
+    def call(self, x, training=False, update_statistics=True):
         return tf.reduce_mean(x, axis=[1, 2])
 
     def compute_output_shape(self, input_shape):
@@ -56,7 +58,7 @@ class Linear(OpLayer):
         self.b = self.add_weight(name="bias", shape=(desc.out_channels,), initializer=init)
         self.finish_build()
 
-    def call(self, x, training=False):
+    def call(self, x, training=False, update_statistics=True):
         return tf.matmul(x, self.w) + self.b
 
     def macs(self, h, w):
@@ -83,14 +85,14 @@ class AuxTower(OpLayer):
         self.fc_b = self.add_weight(name="fc_bias", shape=(desc.out_channels,), initializer=init)
         self.finish_build()
 
-    def call(self, x, training=False):
+    def call(self, x, training=False, update_statistics=True):
         x = tf.nn.relu(x)
         x = tf.nn.avg_pool2d(x, 5, 3, "VALID" if x.shape[1] >= 5 and x.shape[2] >= 5 else "SAME")
-        x = tf.nn.relu(self.bn1(tf.nn.conv2d(x, self.w1, 1, "VALID"), training))
+        x = tf.nn.relu(self.bn1(tf.nn.conv2d(x, self.w1, 1, "VALID"), training, update_statistics=update_statistics))
         w2 = self.w2
         if x.shape[1] < 2 or x.shape[2] < 2:
             w2 = w2[: min(2, x.shape[1]), : min(2, x.shape[2])]
-        x = tf.nn.relu(self.bn2(tf.nn.conv2d(x, w2, 1, "VALID"), training))
+        x = tf.nn.relu(self.bn2(tf.nn.conv2d(x, w2, 1, "VALID"), training, update_statistics=update_statistics))
         x = tf.reduce_mean(x, axis=[1, 2])
         return tf.matmul(x, self.fc_w) + self.fc_b
 

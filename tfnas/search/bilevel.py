@@ -19,7 +19,6 @@ import keras
 import tensorflow as tf
 
 from tfnas.compiler import NasModel
-from tfnas.ops import base
 from tfnas.proto import config_pb2
 from tfnas.train import optim
 from tfnas.train.metrics import accuracy, cross_entropy
@@ -103,8 +102,8 @@ class BilevelSearch(keras.Model):
 
         # At w': gradient of L_val for alphas and for the weights. In the reference code this pass runs on
         # a copy of the network, so it leaves the moving BatchNorm statistics alone.
-        with base.frozen_moving_statistics(), tf.GradientTape() as tape:
-            logits = self.net(x_val, training=True)
+        with tf.GradientTape() as tape:
+            logits = self.net(x_val, training=True, update_statistics=False)
             loss = cross_entropy(logits, y_val)
         grads = tape.gradient(loss, alphas + weights)
         d_alpha, d_weights = grads[:len(alphas)], grads[len(alphas):]
@@ -115,8 +114,7 @@ class BilevelSearch(keras.Model):
             _assign(w, b + eps * g)
         grads_pos = self._alpha_grads(x_train, y_train)
         # Each weight may change again as soon as the w+ pass has read it, so without this TF ran the w-
-        # pass's forward beside the w+ pass's backward, and both passes' activations were alive at once
-        # (+1.2 GiB peak on the CIFAR-10 search network, +0.2 GiB on the small one; no faster).
+        # pass's forward beside the w+ pass's backward, and both passes' activations were alive at once.
         with tf.control_dependencies(grads_pos):
             for w, b, g in zip(weights, backup, d_weights):
                 _assign(w, b - eps * g)
@@ -163,7 +161,7 @@ def _assign(v, value):
 def _watching(variables: list):
     """A tape that records only what depends on `variables`: the ops of an alpha-only pass that do not
     depend on the alphas (the stem, the first edges of the first cell) get no gradient ops at all, and the
-    convolutions of such a pass trace no filter gradients (see ops.base._with_gradient)."""
+    convolutions of such a pass trace no filter gradients (see ops.conv.with_gradient)."""
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch([getattr(v, "value", v) for v in variables])
         yield tape

@@ -12,9 +12,14 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from tfnas import macro as macro_lib
+from tfnas.alphas import softmax, strongest
 from tfnas.proto import descriptors_pb2 as pb
 
 GROUPS = {pb.NORMAL: "normal", pb.REDUCTION: "reduction"}
+# The candidate operations of DARTS, in the reference code's order (the alpha column order): the default
+# of search.darts.primitives. Each is an op of the registry (tfnas/ops/darts.py).
+PRIMITIVES = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
+              "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
 
 
 def build_supernet(macro_desc: pb.ModelDesc, primitives: Sequence[str], alpha_init_scale: float = 1e-3,
@@ -46,11 +51,6 @@ def build_supernet(macro_desc: pb.ModelDesc, primitives: Sequence[str], alpha_in
     return desc
 
 
-def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def finalize(desc: pb.ModelDesc, alphas: Mapping[str, np.ndarray], edges_per_node: int = 2) -> pb.ModelDesc:
     """The discrete architecture: a plain descriptor with no mixed edges and no alphas."""
     final = pb.ModelDesc()
@@ -65,13 +65,11 @@ def finalize(desc: pb.ModelDesc, alphas: Mapping[str, np.ndarray], edges_per_nod
                     scored.append((op.rank or 1.0, position, edge))
                     continue
                 weights = softmax(np.asarray(alphas[op.alpha_group], np.float64)[op.alpha_index])
-                # Strongest op other than `none`; on a tie the earlier candidate, as in the reference code.
-                best = max(((w, -c) for c, w in enumerate(weights) if op.candidates[c].name != "none"))
-                best = (best[0], -best[1])
+                column, weight = strongest(weights, [c.name for c in op.candidates])
                 chosen = pb.EdgeDesc(inputs=edge.inputs)
-                chosen.op.CopyFrom(op.candidates[best[1]])
-                chosen.op.rank = float(best[0])
-                scored.append((best[0], position, chosen))
+                chosen.op.CopyFrom(op.candidates[column])
+                chosen.op.rank = weight
+                scored.append((weight, position, chosen))
             # Strongest first; ties keep edge order. Kept edges stay in input order for readability.
             kept = sorted(sorted(scored, key=lambda s: (-s[0], s[1]))[:edges_per_node], key=lambda s: s[1])
             kept_edges = [pb.EdgeDesc(op=e.op, inputs=e.inputs) for _, _, e in kept]
@@ -79,8 +77,3 @@ def finalize(desc: pb.ModelDesc, alphas: Mapping[str, np.ndarray], edges_per_nod
             node.edges.extend(kept_edges)
     return final
 
-
-def alpha_arrays(desc: pb.ModelDesc) -> dict[str, np.ndarray]:
-    """The alphas stored in a descriptor, as [edges x primitives] arrays."""
-    return {g: np.asarray(a.values, np.float32).reshape(a.num_edges, len(a.primitives))
-            for g, a in desc.alpha_groups.items()}

@@ -54,8 +54,8 @@ def run_loop(step_fn: Callable[..., dict], streams: Sequence[BatchStream], epoch
         start = time.perf_counter()
         while step_in_epoch < steps_per_epoch:
             if verbose and steps_run == 0:
-                print("tracing the training step: the first step builds its graph and takes a while (about "
-                      "10 s for the default search on 2 cores, a minute for a CIFAR-10 search network)", flush=True)
+                print("tracing the training step: the first step builds its graph and takes a while (longer "
+                      "for larger networks)", flush=True)
             batches = [x for stream in streams for x in stream.next()]
             logs = {k: float(v) for k, v in step_fn(*batches).items()}
             step_in_epoch += 1

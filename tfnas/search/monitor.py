@@ -14,8 +14,9 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageDraw
 
-from tfnas import draw
-from tfnas.descriptors import write_atomic
+from tfnas import draw, rundir
+from tfnas.alphas import softmax
+from tfnas.files import write_atomic
 from tfnas.search import darts
 from tfnas.train.loop import EpochCallback
 
@@ -52,7 +53,7 @@ class SearchMonitor(EpochCallback):
     def __init__(self, run_dir: pathlib.Path, net, supernet_desc, edges_per_node: int, log_every_steps: int = 10):
         self.run_dir = pathlib.Path(run_dir)
         self.net, self.desc, self.k = net, supernet_desc, edges_per_node
-        self.writer = tf.summary.create_file_writer(str(self.run_dir / "tensorboard"))
+        self.writer = tf.summary.create_file_writer(str(self.run_dir / rundir.TENSORBOARD))
         self.log_every = max(1, log_every_steps)
 
     def alphas(self) -> dict[str, np.ndarray]:
@@ -67,7 +68,7 @@ class SearchMonitor(EpochCallback):
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
         alphas = self.alphas()
-        softmaxes = {g: darts.softmax(a.astype(np.float64)) for g, a in alphas.items()}
+        softmaxes = {g: softmax(a) for g, a in alphas.items()}
         with self.writer.as_default(step=epoch + 1):
             for k, v in logs.items():
                 tf.summary.scalar(f"epoch/{k}", v)
@@ -82,7 +83,7 @@ class SearchMonitor(EpochCallback):
         record = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()},
                   "alphas": {g: a.tolist() for g, a in alphas.items()}}
         # A run resumed after a crash may redo an epoch: keep one line per epoch.
-        path = self.run_dir / "alpha_history.jsonl"
+        path = self.run_dir / rundir.ALPHA_HISTORY
         lines = path.read_text().splitlines() if path.exists() else []
         kept = [line for line in lines if json.loads(line)["epoch"] < record["epoch"]]
-        write_atomic(path, "".join(line + "\n" for line in kept + [json.dumps(record)]).encode())
+        write_atomic(path, "".join(line + "\n" for line in kept + [json.dumps(record)]))

@@ -1,15 +1,15 @@
-"""What `tfnas describe` reports: structure, parameter counts and multiply-adds of an architecture."""
+"""What `tfnas describe` reports: structure, parameter counts and multiply-adds of an architecture.
+
+Not to be confused with the TensorBoard summaries of a search (tfnas/search/monitor.py).
+"""
 from __future__ import annotations
 
 from tfnas import architectures, genotypes
 from tfnas.proto import descriptors_pb2 as pb
 
 
-def describe(arch: str, **size) -> dict:
-    return describe_desc(architectures.resolve(arch, **size), arch)
-
-
-def describe_desc(desc: pb.ModelDesc, arch: str) -> dict:
+def describe(desc: pb.ModelDesc, arch: str) -> dict:
+    """The report of `desc` (resolved from `arch`, which names it in the report) as a JSON-ready dict."""
     from tfnas import compiler
     search = architectures.is_search_desc(desc)
     options = compiler.SEARCH_OPTIONS if search else compiler.EVAL_OPTIONS

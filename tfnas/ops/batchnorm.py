@@ -1,0 +1,86 @@
+"""BatchNorm over NHWC as one fused op, owned by an operation layer; affine or not, weighted or not."""
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from tfnas.ops.constants import per_graph
+
+MOMENTUM = 0.1  # PyTorch convention (new = (1 - m) * old + m * batch), as in the DARTS code.
+EPSILON = 1e-5
+
+
+def unit_scale_offset(channels: int, dtype):
+    """Scale 1 and offset 0 of a non-affine BatchNorm."""
+    return per_graph(("unit", channels, dtype), lambda: (tf.ones([channels], dtype), tf.zeros([channels], dtype)))
+
+
+class BatchNorm:
+    """Fused BatchNorm with moving statistics; its weights are created on (and tracked by) `owner`."""
+
+    def __init__(self, owner: keras.layers.Layer, name: str, channels: int, affine: bool):
+        self.affine = affine
+        self.channels = channels
+        if affine:
+            self.gamma = owner.add_weight(name=f"{name}_gamma", shape=(channels,), initializer="ones")
+            self.beta = owner.add_weight(name=f"{name}_beta", shape=(channels,), initializer="zeros")
+        self.moving_mean = owner.add_weight(name=f"{name}_mean", shape=(channels,), initializer="zeros",
+                                            trainable=False)
+        self.moving_var = owner.add_weight(name=f"{name}_var", shape=(channels,), initializer="ones",
+                                           trainable=False)
+
+    def __call__(self, x, training: bool, weight=None, copies: int = 1, update_statistics: bool = True):
+        """`weight`: a per-channel factor for the output (a mixed op's softmax weight), folded into the
+        fused op's scale and offset: no separate multiply, and the op's own scale gradient is the
+        weight's.
+
+        `copies=k`: x is k copies of this BatchNorm's input side by side (tile_channels), each to be
+        normalised alike and weighted by its slice of `weight`. Every copy has the same batch statistics,
+        so the op runs over all k * channels with the moving statistics tiled, and the first copy's
+        updated averages are kept.
+
+        `update_statistics=False`: a training pass normalises by its batch and leaves the moving
+        statistics as they are."""
+        channels = self.channels * copies
+        if self.affine:
+            if copies > 1:
+                raise ValueError("BatchNorm copies are for non-affine BatchNorms (a search network's)")
+            scale, offset = self.gamma.value, self.beta.value
+            if weight is not None:
+                scale, offset = scale * weight, offset * weight
+        else:
+            scale, offset = unit_scale_offset(channels, x.dtype)
+            if weight is not None:
+                scale = weight
+        moving_mean, moving_var = self.moving_mean.value, self.moving_var.value
+        if copies > 1:
+            moving_mean, moving_var = (tf.tile(v, [copies]) for v in (moving_mean, moving_var))
+        # FusedBatchNorm (v1), not V3: the same CPU/GPU kernels, but the gradient tape knows that v1's
+        # gradient ignores its statistics outputs, where for V3 it builds zero gradients for all five of
+        # them: 5 fewer ops per BatchNorm and pass to trace.
+        if training:
+            y, mean, var, *_ = tf.raw_ops.FusedBatchNorm(
+                x=x, scale=scale, offset=offset, mean=moving_mean, variance=moving_var,
+                epsilon=EPSILON, exponential_avg_factor=MOMENTUM, data_format="NHWC", is_training=True)
+            # The op returns the updated moving averages when exponential_avg_factor != 1.
+            if update_statistics:
+                self.update_moving_statistics(mean, var, averaged=True)
+            return y
+        y, *_ = tf.raw_ops.FusedBatchNorm(
+            x=x, scale=scale, offset=offset, mean=moving_mean, variance=moving_var,
+            epsilon=EPSILON, data_format="NHWC", is_training=False)
+        return y
+
+    def update_moving_statistics(self, mean, var, averaged: bool) -> None:
+        """The one place the moving statistics are written.
+        `averaged`: mean and var are already the new averages (FusedBatchNorm with exponential_avg_factor
+        MOMENTUM, over `copies` of the channels: the first copy's are kept); otherwise they are this
+        batch's, blended in here as (1 - m) * old + m * batch. Raw assignments: Keras's `assign` costs
+        milliseconds of Python per call while a step is traced, and no gradient flows into an assignment."""
+        for moving, value in ((self.moving_mean, mean), (self.moving_var, var)):
+            if averaged:
+                if value.shape[0] != self.channels:
+                    value = value[:self.channels]
+                tf.raw_ops.AssignVariableOp(resource=moving.handle, value=value)
+            else:
+                tf.raw_ops.AssignSubVariableOp(resource=moving.handle, value=(moving.value - value) * MOMENTUM)

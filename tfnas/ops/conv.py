@@ -1,0 +1,125 @@
+"""Convolutions on raw TF ops that record only the gradients a tape can need.
+
+The tf.nn wrappers cost a few milliseconds of Python each while a step is traced, and a DARTS search step
+has hundreds of convolutions; TF's registered gradient of a conv builds both the input's and the filter's
+gradient (and a ShapeN) every time, where an alpha-only pass needs neither filter gradient.
+"""
+from __future__ import annotations
+
+import functools
+
+import tensorflow as tf
+from tensorflow.python.eager import record  # private, stable in the pinned TF range
+
+from tfnas.ops.constants import shape_of
+from tfnas.ops.depthwise_grad import depthwise_filter_gradient
+from tfnas.ops.space_to_batch import from_blocks, subsample, to_blocks
+
+
+def pad_amount(kernel: int, dilation: int = 1) -> int:
+    """Symmetric padding of the DARTS code: a stride-1 op keeps the size, a stride-2 op gives ceil(n/2)."""
+    return dilation * (kernel - 1) // 2
+
+
+def with_gradient(name: str, forward, backprop_input, backprop_filter, x, w, **attrs):
+    """forward(x, w) with TF's own gradient ops, but only those the recording tapes can need: the input's
+    gradient if x is on a watched path, the filter's if w is. Sizes are constants where the shapes are
+    static."""
+    x, w = tf.convert_to_tensor(x), tf.convert_to_tensor(w)  # a variable is read here, as a tape sees it
+    with record.stop_recording():
+        y = forward(input=x, filter=w, **attrs)
+    need_x, need_w = record.should_record_backprop([x]), record.should_record_backprop([w])
+    if need_x or need_w:
+        def backward(dy):
+            grads = []
+            if need_x:
+                grads.append(backprop_input(input_sizes=shape_of(x), filter=w, out_backprop=dy, **attrs))
+            if need_w:
+                grads.append(backprop_filter(input=x, filter_sizes=shape_of(w), out_backprop=dy, **attrs))
+            return grads
+
+        record.record_operation(name, [y], [t for t, need in ((x, need_x), (w, need_w)) if need], backward)
+    return y
+
+
+def _conv(x, w, stride: int, padding: str = "VALID", explicit: int = 0):
+    pads = [0, 0, explicit, explicit, explicit, explicit, 0, 0] if padding == "EXPLICIT" else []
+    return with_gradient(
+        "Conv2D", tf.raw_ops.Conv2D, tf.raw_ops.Conv2DBackpropInput, tf.raw_ops.Conv2DBackpropFilter, x, w,
+        strides=[1, stride, stride, 1], padding=padding, explicit_paddings=pads, data_format="NHWC")
+
+
+def _depthwise(x, w, stride: int, padding: str):
+    return with_gradient(
+        "DepthwiseConv2dNative", tf.raw_ops.DepthwiseConv2dNative, tf.raw_ops.DepthwiseConv2dNativeBackpropInput,
+        depthwise_filter_gradient, x, w, strides=[1, stride, stride, 1], padding=padding, data_format="NHWC")
+
+
+def conv2d(x, w, stride: int = 1, padding: int = 0):
+    if padding == 0:
+        return _conv(x, w, stride)
+    if stride == 1:
+        return _conv(x, w, 1, "SAME")  # odd kernel, stride 1: SAME is the symmetric padding
+    return _conv(x, w, stride, "EXPLICIT", padding)
+
+
+def pointwise(x, w, grouped: bool = True):
+    """1x1 conv; grouped when x has more channels than w's input depth (k copies of a layer, see OpLayer).
+
+    TF runs grouped convolutions with oneDNN on CPU (and on GPU/TPU), but its plain Eigen CPU kernels do
+    not; there (`grouped=False`, see grouped_conv_supported) the groups run as separate convs, the same
+    arithmetic."""
+    groups = x.shape[-1] // w.shape[2]
+    if groups == 1 or grouped:
+        return _conv(x, w, 1)
+    return tf.concat([_conv(xg, wg, 1)
+                      for xg, wg in zip(tf.split(x, groups, -1), tf.split(w, groups, -1))], -1)
+
+
+@functools.cache
+def grouped_conv_supported() -> bool:
+    """Whether this TensorFlow runs a grouped conv and its gradients: a fact of the installed build, tried
+    once, eagerly, on one pixel, when the first layer with copies is built."""
+    try:
+        x, w = tf.ones([1, 1, 1, 2]), tf.ones([1, 1, 1, 2])
+        with tf.GradientTape() as tape:
+            tape.watch([x, w])
+            y = tf.nn.conv2d(x, w, 1, "VALID")
+        for grad in tape.gradient(y, [x, w]):
+            grad.numpy()
+        return True
+    except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
+        return False
+
+
+def depthwise(x, w, stride: int, padding: int, dilation: int = 1):
+    """Depthwise conv with PyTorch-style symmetric padding, native strides and exact gradients.
+
+    TF's native dilated depthwise kernel has no dilated backward pass, so a dilated conv is an undilated
+    one between space-to-batch and batch-to-space (what tf.nn.depthwise_conv2d does, without its Python).
+    A dilation-2, stride-2 conv reads only even rows and columns, so it equals an undilated stride-1 conv
+    on the even-indexed pixels with half the padding: 4x less work than a dilated conv then subsampling.
+    Inputs are padded before a strided conv: with explicit padding TF leaves the oneDNN kernels.
+    """
+    if dilation == 1:
+        if stride == 1:
+            return _depthwise(x, w, 1, "SAME")
+        return _depthwise(tf.pad(x, [[0, 0], [padding, padding], [padding, padding], [0, 0]]), w, stride, "VALID")
+    if stride == 1:
+        if w.shape[0] % 2 and w.shape[0] == w.shape[1] and padding == pad_amount(w.shape[0], dilation):
+            # "Same" size: a SAME conv in block space, with no padded copy of the input.
+            padding, conv_padding = 0, "SAME"
+        else:
+            conv_padding = "VALID"
+        # Padded so that both sides divide by the dilation; the extra rows/columns are cropped again (the
+        # zeros they add are what lies outside the image for the SAME conv too).
+        extra = tuple((-(n + 2 * padding)) % dilation for n in (x.shape[1], x.shape[2]))
+        y = to_blocks(x, dilation, ((padding, padding + extra[0]), (padding, padding + extra[1])))
+        return from_blocks(_depthwise(y, w, 1, conv_padding), dilation, extra)
+    if dilation != stride or padding % stride:
+        raise ValueError("strided dilated depthwise conv needs dilation == stride and padding % stride == 0")
+    half = padding // stride
+    x = subsample(x, stride)
+    if half == (w.shape[0] - 1) // 2:  # always, for pad_amount's padding: odd kernel, stride 1
+        return _depthwise(x, w, 1, "SAME")
+    return _depthwise(tf.pad(x, [[0, 0], [half, half], [half, half], [0, 0]]), w, 1, "VALID")

@@ -1,0 +1,53 @@
+"""Run directories: what each phase writes where, and the check that a resumed run is the same run.
+
+    <search run>/  config.yaml, supernet.pbtxt (the search network with its current alphas),
+                   final_desc.pbtxt, final_cells.png, alpha_history.jsonl, tensorboard/, checkpoints/
+    <eval run>/    config.yaml, model_desc.pbtxt (the network trained), dataset.json (normalisation and
+                   class names, which the export needs), metrics.json, final_weights.*, tensorboard/,
+                   checkpoints/
+
+`tfnas run` puts one of each under <out>/search and <out>/eval, and the SavedModel under <out>/export.
+"""
+from __future__ import annotations
+
+import pathlib
+
+from tfnas import config as config_lib
+from tfnas.errors import UserError
+from tfnas.proto import config_pb2
+
+CONFIG_FILE = "config.yaml"
+SUPERNET_DESC = "supernet.pbtxt"
+FINAL_DESC = "final_desc.pbtxt"
+FINAL_CELLS = "final_cells.png"
+ALPHA_HISTORY = "alpha_history.jsonl"
+MODEL_DESC = "model_desc.pbtxt"
+DATASET_INFO = "dataset.json"
+METRICS = "metrics.json"
+WEIGHTS = "final_weights"  # a name-keyed TF checkpoint: final_weights.index + .data-*, then final_weights.done
+TENSORBOARD = "tensorboard"
+
+
+def _experiment(config: config_pb2.ExperimentConfig) -> config_pb2.ExperimentConfig:
+    """The configuration without its runtime section (the machine's settings, not the experiment's)."""
+    out = config_pb2.ExperimentConfig()
+    out.CopyFrom(config)
+    out.ClearField("runtime")
+    return out
+
+
+def prepare(out_dir: str | pathlib.Path, config: config_pb2.ExperimentConfig) -> pathlib.Path:
+    """Creates the run directory, or checks that an existing one holds a run of the same configuration
+    (so a resumed run never mixes two experiments, and nothing already written is overwritten). The
+    runtime section may differ: a run can resume on another machine, with other thread counts."""
+    out = pathlib.Path(out_dir)
+    saved = out / CONFIG_FILE
+    if saved.exists():
+        previous = config_lib.load_config(saved)
+        if _experiment(previous) != _experiment(config):
+            raise UserError(f"{out} holds a run with another configuration ({saved}); "
+                            "use a new --out directory, or the same configuration to resume it")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        config_lib.save_config(config, saved)
+    return out
