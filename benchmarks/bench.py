@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """tfnas benchmark: DARTS search steps, search-network inference, evaluation training, SavedModel latency.
 
-    python benchmarks/bench.py [--cases LIST] [--steps N] [--json out.json] [--timeout S] [--xla]
+    python benchmarks/bench.py [--cases LIST] [--steps N] [--set KEY=VALUE ...] [--json out.json]
+                               [--timeout S] [--xla]
 
 Cases (--cases, a comma list; default all, run in this order):
 
@@ -17,15 +18,21 @@ inputs, 10 classes. Every case runs in a fresh child process (this script with t
 so tracing caches and memory never carry over from one measurement to the next, and a child that dies (out
 of memory, the timeout) leaves an error in its row instead of ending the run.
 
-What each child builds and times:
+Settings come from the configuration, as for the commands: configs/default.yaml with `--set KEY=VALUE`
+(repeatable, the CLI's syntax), e.g. `--set search.darts.lead_edges_apart=true --set
+search.darts.recompute_depthwise=true --set runtime.graph_optimizer=true`. The case fixes the network's
+size (search.macro / the DARTS_V2 evaluation network) and, for search steps, search.darts.order.
 
-    search    exactly what `tfnas.search.runner.search` runs: macro.build_macro -> darts.build_supernet ->
-              compiler.compile_model -> BilevelSearch with the default configuration's two optimisers ->
-              one tf.function step over uint8 (train, val) batches with preprocessing.
-    infer     the same search network (no optimisers), `net(preprocess(x), training=False)` in a
-              tf.function over a uint8 batch (as the evaluation's `logits_function` does).
-    eval      the DARTS_V2 evaluation network (compiler.EVAL_OPTIONS: auxiliary tower, drop path 0.1) and
-              the `tfnas eval` step (evaluation.EvalTrainer: crop/flip/cutout augmentation, SGD).
+What each child builds and times, through the functions the commands use:
+
+    search    runner.build_search (macro -> supernet -> compiled network -> BilevelSearch with the
+              configuration's two optimisers) and train.steps.training_step over uint8 (train, val)
+              batches, as `tfnas search` runs it.
+    infer     the same search network (no optimisers) in train.steps.inference_function, as the
+              evaluation's test pass runs it.
+    eval      the DARTS_V2 evaluation network from architectures.resolve and evaluation.build_trainer
+              (compiler.EVAL_OPTIONS: auxiliary tower, drop path 0.1; crop/flip/cutout augmentation, SGD)
+              in train.steps.training_step, as `tfnas eval` runs it.
     export    the same evaluation network with random weights (latency does not depend on them), written
               as an evaluation directory, exported with `tfnas.export.export`, loaded back with
               tf.saved_model.load, and its `serving_default` signature called at batch 1 and 64.
@@ -227,11 +234,11 @@ def machine_info(xla: bool) -> dict:
 class Child:
     """The result of one case, saved to `path` at every phase change, so a dying child leaves its phase."""
 
-    def __init__(self, case: str, steps: int, xla: bool, path: str):
+    def __init__(self, case: str, steps: int, xla: bool, path: str, settings: list[str]):
         spec = CASES[case]
-        self.case, self.path = case, path
+        self.case, self.path, self.settings = case, path, list(settings)
         self.result: dict = dict(case=case, kind=spec["kind"], network=spec["net"], steps=steps, xla=xla,
-                                 phase="start")
+                                 settings=self.settings, phase="start")
         if "order" in spec:
             self.result["order"] = spec["order"]
         load = os.getloadavg() if hasattr(os, "getloadavg") else None
@@ -252,14 +259,20 @@ class Child:
         print(f"[{self.case}] {msg}", flush=True)
 
 
-def child_imports(c: Child):
+def child_config(c: Child, defaults: tuple[str, ...] = ()):
+    """The configuration the case runs with: configs/default.yaml <- `defaults` <- the --set items."""
+    from tfnas import config as config_lib
+    return config_lib.load_config(None, list(defaults) + c.settings)
+
+
+def child_imports(c: Child, cfg):
     """Imports TensorFlow and sets the thread pools as the tfnas commands do; records the versions."""
     t = time.perf_counter()
     import keras
     import tensorflow as tf
 
     from tfnas import runtime
-    runtime.configure_threads()
+    runtime.configure_threads(cfg.runtime)
     c.result["import_s"] = time.perf_counter() - t
     c.result.update(tf_version=tf.__version__, keras_version=keras.__version__,
                     TF_ENABLE_ONEDNN_OPTS=os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
@@ -319,32 +332,6 @@ def timed_steps(c: Child, run, steps: int, batch: int, flops_per_step: float) ->
           f"{c.result['images_per_s']:.2f} img/s, peak {peak_rss_gib():.2f} GiB")
 
 
-def build_search_network(c: Child, seed: int, cfg):
-    """macro.build_macro -> darts.build_supernet -> compiler.compile_model, as runner.search does."""
-    from tfnas import compiler, macro
-    from tfnas.proto import config_pb2
-    from tfnas.search import darts
-    spec = NETWORKS[c.result["network"]]
-    primitives = list(cfg.search.darts.primitives)
-    assert len(primitives) == 8, primitives
-    macro_cfg = config_pb2.MacroConfig(channels=spec["channels"], cells=spec["cells"], nodes=NODES,
-                                       stem_multiplier=STEM_MULTIPLIER)
-    macro_desc = macro.build_macro(macro_cfg, IMAGE_SHAPE, NUM_CLASSES)
-    supernet = darts.build_supernet(macro_desc, primitives, cfg.search.darts.alpha_init_scale, seed=seed)
-    # The configuration's speed and memory settings (off by default; the CIFAR configs set both):
-    # TFNAS_LEAD_EDGES_APART=1 and TFNAS_RECOMPUTE_DEPTHWISE=1 measure with search.darts.lead_edges_apart and
-    # search.darts.recompute_depthwise, as TFNAS_GRAPPLER=1 measures with trainer.graph_optimizer.
-    from tfnas.search import runner
-    darts_cfg = config_pb2.DartsConfig()
-    darts_cfg.CopyFrom(cfg.search.darts)
-    darts_cfg.lead_edges_apart = os.environ.get("TFNAS_LEAD_EDGES_APART") == "1"
-    darts_cfg.recompute_depthwise = os.environ.get("TFNAS_RECOMPUTE_DEPTHWISE") == "1"
-    options = runner.compiler_options(darts_cfg)
-    c.result["lead_edges_apart"] = options.lead_edges_apart
-    c.result["recompute_depthwise"] = options.recompute_depthwise
-    return compiler.compile_model(supernet, options)
-
-
 def record_network(c: Child, net, include_aux: bool) -> None:
     from tfnas import compiler
     c.result["params"] = compiler.count_params(net, include_aux=include_aux)
@@ -357,51 +344,42 @@ def record_network(c: Child, net, include_aux: bool) -> None:
 
 def child_search(c: Child) -> None:
     """The DARTS search step (search-step cases) or the search network's inference (infer cases)."""
-    tf, keras = child_imports(c)
     import numpy as np
 
-    from tfnas import config as config_lib, data as data_lib
-    from tfnas.search.bilevel import BilevelSearch
-    from tfnas.train import optim
-
     search = c.result["kind"] == "search"
-    batch = NETWORKS[c.result["network"]]["batch"]
-    c.result.update(batch=batch, nodes=NODES, **{k: NETWORKS[c.result["network"]][k] for k in ("channels", "cells")})
-    cfg = config_lib.load_config()
-    s = cfg.search
+    spec = NETWORKS[c.result["network"]]
+    batch = spec["batch"]
+    c.result.update(batch=batch, nodes=NODES, channels=spec["channels"], cells=spec["cells"])
+    cfg = child_config(c)
+    macro = cfg.search.macro
+    macro.channels, macro.cells, macro.nodes, macro.stem_multiplier = spec["channels"], spec["cells"], NODES, \
+        STEM_MULTIPLIER
     if search:
-        s.darts.order = c.result["order"]
-    seed = int(cfg.seed)
-    keras.utils.set_random_seed(seed)  # runner.seed_everything (deterministic is off by default)
-    steps_per_epoch = SEARCH_TRAIN_IMAGES // batch
+        cfg.search.darts.order = c.result["order"]
+    assert len(cfg.search.darts.primitives) == 8, list(cfg.search.darts.primitives)
+    tf, _ = child_imports(c, cfg)
+    from tfnas import runtime
+    from tfnas.search import runner
+    from tfnas.train import steps as steps_lib
+
+    runtime.seed_everything(cfg)
+    c.result.update(lead_edges_apart=cfg.search.darts.lead_edges_apart,
+                    recompute_depthwise=cfg.search.darts.recompute_depthwise)
     # Fixed random uint8 batches (search: two (train, val) pairs, alternated), numpy-seeded.
-    pairs = uint8_batches(seed, batch, 4)
+    pairs = uint8_batches(int(cfg.seed), batch, 4)
     batches = ([(*pairs[0], *pairs[1]), (*pairs[2], *pairs[3])] if search else [(x,) for x, _ in pairs[:2]])
     mean, std = np.asarray(CIFAR_MEAN, np.float32), np.asarray(CIFAR_STD, np.float32)
 
     c.enter("build")
     t = time.perf_counter()
-    net = build_search_network(c, seed, cfg)
-    if search:
-        weight_opt = optim.make_optimizer(s.trainer.optimizer, s.trainer.epochs, steps_per_epoch,
-                                          "weight_optimizer")
-        alpha_opt = optim.make_optimizer(s.darts.alpha_optimizer, s.trainer.epochs, steps_per_epoch,
-                                         "alpha_optimizer")
-        searcher = BilevelSearch(net, weight_opt, alpha_opt, s.trainer.optimizer, s.darts.alpha_optimizer,
-                                 order=s.darts.order)
+    _, net, searcher = runner.build_search(cfg, IMAGE_SHAPE, NUM_CLASSES, SEARCH_TRAIN_IMAGES // batch)
     c.result["build_s"] = time.perf_counter() - t
     record_network(c, net, include_aux=True)  # a search network has no auxiliary tower
     c.save()
 
-    image_spec = tf.TensorSpec([batch, *IMAGE_SHAPE], tf.uint8)
-    label_spec = tf.TensorSpec([batch], tf.int64)
-    prep = lambda x: data_lib.preprocess(x, mean, std)  # noqa: E731
     if search:
-        # The step exactly as tfnas.search.runner.search defines it.
-        @tf.function(input_signature=[image_spec, label_spec, image_spec, label_spec], autograph=False,
-                     jit_compile=c.result["xla"])
-        def step(x_train, y_train, x_val, y_val):
-            return searcher.train_step(((prep(x_train), y_train), (prep(x_val), y_val)))
+        step = steps_lib.training_step(searcher.train_step, batch, IMAGE_SHAPE, mean, std, streams=2,
+                                       jit_compile=c.result["xla"])
 
         def run(i):
             loss = float(step(*batches[i % len(batches)])["loss"].numpy())  # forces the step to finish
@@ -410,71 +388,66 @@ def child_search(c: Child) -> None:
             return f" (loss {loss:.3f})"
         flops = SEARCH_PASSES[c.result["order"]] * FLOPS_PER_MAC["train"] * c.result["macs_per_image"] * batch
     else:
-        # Inference as the evaluation's logits_function runs it.
-        @tf.function(input_signature=[image_spec], autograph=False, jit_compile=c.result["xla"])
-        def step(x):
-            return net(prep(x), training=False)
+        step = steps_lib.inference_function(net, IMAGE_SHAPE, mean, std, batch_size=batch,
+                                            jit_compile=c.result["xla"])
 
         def run(i):
             step(*batches[i % len(batches)]).numpy()  # forces the step to finish
             return ""
         flops = FLOPS_PER_MAC["infer"] * c.result["macs_per_image"] * batch
 
-    # The search step runs under the graph options `tfnas search` uses (Grappler off, tfnas/runtime.py).
-    from tfnas import runtime
-    with runtime.training_graph_options() if search else contextlib.nullcontext():
+    # The search step runs under the graph options `tfnas search` uses (runtime.graph_optimizer).
+    with runtime.training_graph_options(cfg.runtime.graph_optimizer) if search else contextlib.nullcontext():
         c.result["grappler"] = not tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)
         trace_and_first_run(c, step, run)
         timed_steps(c, run, c.result["steps"], batch, flops)
 
 
-def build_eval_network(c: Child):
-    """The DARTS_V2 evaluation network (auxiliary tower, drop path), as `tfnas eval` builds it."""
-    from tfnas import compiler, config as config_lib, evaluation
+# The DARTS recipe's CIFAR-10 augmentation for the evaluation step (a --set item overrides it).
+EVAL_AUGMENTATION = ("eval.augmentation.crop_padding=4", "eval.augmentation.cutout=16",
+                     "eval.augmentation.horizontal_flip=true")
+
+
+def build_eval_network(c: Child, cfg):
+    """The DARTS_V2 evaluation network (auxiliary tower, drop path), resolved as `tfnas eval` does."""
+    from tfnas import architectures
     from tfnas.proto import config_pb2
-    cfg = config_lib.load_config(None, ["eval.augmentation.crop_padding=4", "eval.augmentation.cutout=16",
-                                        "eval.augmentation.horizontal_flip=true"])
     macro_cfg = config_pb2.MacroConfig(channels=EVAL_NETWORK["channels"], cells=EVAL_NETWORK["cells"],
                                        stem_multiplier=STEM_MULTIPLIER, aux_tower=True, aux_weight=0.4)
     c.result.update(arch=EVAL_NETWORK["arch"], channels=EVAL_NETWORK["channels"], cells=EVAL_NETWORK["cells"])
-    c.enter("build")
-    t = time.perf_counter()
-    desc = evaluation.evaluation_desc(EVAL_NETWORK["arch"], macro_cfg, list(IMAGE_SHAPE), NUM_CLASSES)
-    net = compiler.compile_model(desc, compiler.EVAL_OPTIONS)
-    net.drop_rate.assign(0.1)
-    return cfg, desc, net, t
+    return architectures.resolve(EVAL_NETWORK["arch"], macro_cfg, IMAGE_SHAPE, NUM_CLASSES, require_final=True)
 
 
 def child_eval_train(c: Child) -> None:
-    tf, _ = child_imports(c)
     import numpy as np
 
-    from tfnas import compiler, evaluation
-    from tfnas.train import optim
+    cfg = child_config(c, EVAL_AUGMENTATION)
+    tf, _ = child_imports(c, cfg)
+    from tfnas import compiler, evaluation, runtime
+    from tfnas.train import steps as steps_lib
 
     batch = EVAL_NETWORK["batch"]
     c.result["batch"] = batch
-    cfg, _, net, t = build_eval_network(c)
-    opt = optim.make_optimizer(cfg.eval.trainer.optimizer, 1, 100, "optimizer")
-    mean, std = np.full(3, 0.5, np.float32), np.full(3, 0.25, np.float32)
-    trainer = evaluation.EvalTrainer(net, opt, cfg.eval.trainer.optimizer, cfg.eval.augmentation, mean, std, 0)
+    c.enter("build")
+    t = time.perf_counter()
+    trainer = evaluation.build_trainer(cfg, build_eval_network(c, cfg), 100)
+    net = trainer.net
+    net.drop_rate.assign(0.1)
     c.result["build_s"] = time.perf_counter() - t
     record_network(c, net, include_aux=False)
     c.result["params_with_aux"] = compiler.count_params(net, include_aux=True)
     c.result["macs_per_image_with_aux"] = compiler.multiply_adds(net, include_aux=True)
     c.save()
 
-    spec = [tf.TensorSpec([batch, *IMAGE_SHAPE], tf.uint8), tf.TensorSpec([batch], tf.int64)]
-    step = tf.function(lambda x, y: trainer.train_step((x, y)), input_signature=spec, autograph=False,
-                       jit_compile=c.result["xla"])
+    mean, std = np.full(3, 0.5, np.float32), np.full(3, 0.25, np.float32)
+    step = steps_lib.training_step(trainer.train_step, batch, IMAGE_SHAPE, mean, std, jit_compile=c.result["xla"])
     x, y = uint8_batches(0, batch, 1)[0]
 
     def run(i):
         loss = float(step(x, y)["loss"])  # forces the step to finish
         return f" (loss {loss:.3f})"
 
-    from tfnas import runtime
-    with runtime.training_graph_options():  # as `tfnas eval` runs its step
+    with runtime.training_graph_options(cfg.runtime.graph_optimizer):  # as `tfnas eval` runs its step
         c.result["grappler"] = not tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)
         trace_and_first_run(c, step, run)
         timed_steps(c, run, c.result["steps"], batch,
@@ -482,13 +455,17 @@ def child_eval_train(c: Child) -> None:
 
 
 def child_export(c: Child) -> None:
-    tf, _ = child_imports(c)
     import numpy as np
 
-    from tfnas import descriptors, evaluation, export
+    cfg = child_config(c, EVAL_AUGMENTATION)
+    tf, _ = child_imports(c, cfg)
+    from tfnas import compiler, descriptors, evaluation, export, rundir
 
     c.result["xla"] = False  # the loaded signature is timed as it is; see the module docstring
-    _, desc, net, t = build_eval_network(c)
+    c.enter("build")
+    t = time.perf_counter()
+    desc = build_eval_network(c, cfg)
+    net = compiler.compile_model(desc, compiler.EVAL_OPTIONS)
     c.result["build_s"] = time.perf_counter() - t
     record_network(c, net, include_aux=False)
     c.save()
@@ -499,8 +476,8 @@ def child_export(c: Child) -> None:
         t = time.perf_counter()
         evaluation_dir = os.path.join(tmp, "eval")
         os.makedirs(evaluation_dir)
-        descriptors.save(desc, os.path.join(evaluation_dir, evaluation.MODEL_DESC))
-        with open(os.path.join(evaluation_dir, evaluation.DATASET_INFO), "w") as f:
+        descriptors.save(desc, os.path.join(evaluation_dir, rundir.MODEL_DESC))
+        with open(os.path.join(evaluation_dir, rundir.DATASET_INFO), "w") as f:
             json.dump({"dataset": "random", "image_shape": list(IMAGE_SHAPE),
                        "class_names": [str(i) for i in range(NUM_CLASSES)],
                        "mean": mean.tolist(), "std": std.tolist()}, f)
@@ -543,8 +520,8 @@ def child_export(c: Child) -> None:
 CHILDREN = {"search": child_search, "infer": child_search, "eval": child_eval_train, "export": child_export}
 
 
-def run_child(case: str, steps: int, xla: bool, result_path: str) -> int:
-    c = Child(case, steps, xla, result_path)
+def run_child(case: str, steps: int, xla: bool, result_path: str, settings: list[str]) -> int:
+    c = Child(case, steps, xla, result_path, settings)
     try:
         CHILDREN[CASES[case]["kind"]](c)
         c.enter("done")
@@ -570,11 +547,11 @@ def signal_name(code: int) -> str:
         return f"signal {code}"
 
 
-def run_case(case: str, steps: int, timeout: float, xla: bool, tmpdir: str) -> list[dict]:
+def run_case(case: str, steps: int, timeout: float, xla: bool, tmpdir: str, settings: list[str]) -> list[dict]:
     """Runs one case in a child process; returns its rows (two for export: batch 1 and 64)."""
     result_path = os.path.join(tmpdir, f"{case}.json")
     cmd = [sys.executable, os.path.abspath(__file__), "--child", case, "--steps", str(steps),
-           "--result", result_path] + (["--xla"] if xla else [])
+           "--result", result_path] + (["--xla"] if xla else []) + [a for kv in settings for a in ("--set", kv)]
     print(f"\n=== {case}: {' '.join(cmd[1:])}", flush=True)
     tail: collections.deque = collections.deque(maxlen=30)
     start = time.perf_counter()
@@ -710,6 +687,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="write machine + results here, rewritten after each case")
     p.add_argument("--timeout", type=float, default=0, help="kill a child after this many seconds (0: no limit)")
     p.add_argument("--xla", action="store_true", help="jit_compile=True on each timed tf.function")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                   help="a configuration setting, as for the tfnas commands (repeatable)")
     p.add_argument("--child", metavar="CASE", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -717,27 +696,34 @@ def main(argv=None) -> int:
         p.error("--steps must be at least 1")
 
     if args.child:
-        return run_child(args.child, args.steps or CASES[args.child]["steps"], args.xla, args.result)
+        return run_child(args.child, args.steps or CASES[args.child]["steps"], args.xla, args.result, args.settings)
 
+    from tfnas import config as config_lib
+    from tfnas.errors import UserError
+    try:  # a bad setting fails here, in one line, not in every child
+        config_lib.load_config(None, args.settings)
+    except UserError as err:
+        p.error(str(err))
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in cases if c not in CASES]
     if unknown or not cases:
         p.error(f"unknown case(s) {', '.join(unknown) or '(none given)'} (known: {', '.join(CASES)})")
 
     machine = machine_info(args.xla)
+    machine["settings"] = args.settings
     started = datetime.datetime.now().isoformat(timespec="seconds")
     print(f"machine: {machine['cpu_count']} x {machine['cpu_model']} @ {machine['cpu_ghz']:.2f} GHz "
           f"(avx2={machine['avx2']}, avx512f={machine['avx512f']}), {machine['memory_gib']} GiB; "
           f"load average {machine['load_average_at_start']}")
     print(f"peak fp32: {machine['peak_gflops']:.1f} GFLOP/s = {machine['peak_convention']}")
     print(f"{machine['tensorflow_package']}, {machine['keras_package']}, oneDNN {machine['onednn']}, "
-          f"XLA {machine['xla']}; tfnas {machine['tfnas_git']}", flush=True)
+          f"XLA {machine['xla']}; tfnas {machine['tfnas_git']}; settings {args.settings or 'defaults'}", flush=True)
 
     rows: list[dict] = []
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tfnas_bench_") as tmpdir:
         for case in cases:
-            rows += run_case(case, args.steps or CASES[case]["steps"], args.timeout, args.xla, tmpdir)
+            rows += run_case(case, args.steps or CASES[case]["steps"], args.timeout, args.xla, tmpdir, args.settings)
             for r in rows:  # what the children saw (the same for all of them)
                 for key in ("tf_version", "keras_version", "inter_op_threads", "intra_op_threads"):
                     if key in r:
