@@ -512,3 +512,27 @@ def test_tile_channels_is_tf_tile_with_its_gradient(spec):
     y, g = tiled_and_gradient(x, dy)
     np.testing.assert_array_equal(y, tf.tile(x, [1, 1, 1, 3]))
     np.testing.assert_allclose(g, dy[..., :C] + dy[..., C:2 * C] + dy[..., 2 * C:], rtol=1e-6, atol=1e-6)
+
+
+def test_shared_constants_are_per_graph_and_per_tracing_thread():
+    """ops.constants caches a constant once per graph, and separately per thread: MirroredStrategy traces
+    each replica on its own thread into one graph, and each replica needs its own (on its own device)."""
+    import threading
+
+    from tfnas.ops import constants
+    graph, made = tf.Graph(), {}
+
+    def trace(name):
+        with graph.as_default():
+            made[name] = (constants.constant((1, 2), tf.int32), constants.constant((1, 2), tf.int32))
+
+    for name in ("replica 0", "replica 1"):
+        thread = threading.Thread(target=trace, args=(name,))
+        thread.start()
+        thread.join()
+    trace("main")
+    with tf.Graph().as_default():
+        elsewhere = constants.constant((1, 2), tf.int32)
+    assert all(a is b for a, b in made.values())  # shared within one graph and thread
+    firsts = [a for a, _ in made.values()] + [elsewhere]
+    assert len({id(t) for t in firsts}) == 4 and all(t.graph is graph for t in firsts[:3])
