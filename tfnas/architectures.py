@@ -54,8 +54,8 @@ def resolve(arch: str | pb.ModelDesc, macro: config_pb2.MacroConfig | None = Non
             channels: int | None = None, cells: int | None = None, require_final: bool = False) -> pb.ModelDesc:
     """The model descriptor of `arch`, laid out by `macro` (with `channels` / `cells` overriding its width
     and depth). Names take `input_shape` and `num_classes` (default 32x32x3, 10 classes) and, without a
-    macro, the DARTS sizes; files and messages keep their own shape and, without macro or sizes, their
-    layout."""
+    macro, the DARTS sizes; files and messages keep their own layout, input shape and classes unless one of
+    them is given."""
     if isinstance(arch, str) and (arch.lower() == SUPERNET or genotypes.lookup(arch) is not None):
         shape = list(input_shape or DEFAULT_INPUT_SHAPE)
         classes = num_classes or DEFAULT_CLASSES
@@ -81,10 +81,10 @@ def resolve(arch: str | pb.ModelDesc, macro: config_pb2.MacroConfig | None = Non
     if search and require_final:
         raise DescriptorError(f"{desc.source or 'descriptor'}: a search descriptor with mixed edges; "
                               "use its search's final_desc.pbtxt")
-    if macro is None and not (channels or cells):
+    if macro is None and not (channels or cells or input_shape or num_classes):
         return desc
     if search:
         raise DescriptorError(f"{desc.source or 'descriptor'}: only finalised descriptors can be laid out at "
-                              "another width or depth; this one still has mixed edges")
+                              "another size; this one still has mixed edges")
     return genotypes.expand(desc, _sized(macro or _macro_of(desc), channels, cells),
                             list(input_shape) if input_shape else None, num_classes)
