@@ -25,7 +25,7 @@ size (search.macro / the DARTS_V2 evaluation network) and, for search steps, sea
 
 What each child builds and times, through the functions the commands use:
 
-    search    runner.build_search (macro -> supernet -> compiled network -> BilevelSearch with the
+    search    darts.algorithm.build_search (macro -> supernet -> compiled network -> BilevelSearch with the
               configuration's two optimisers) and train.steps.training_step over uint8 (train, val)
               batches, as `tfnas search` runs it.
     infer     the same search network (no optimisers) in train.steps.inference_function, as the
@@ -358,8 +358,8 @@ def child_search(c: Child) -> None:
         cfg.search.darts.order = c.result["order"]
     assert len(cfg.search.darts.primitives) == 8, list(cfg.search.darts.primitives)
     tf, _ = child_imports(c, cfg)
-    from tfnas import runtime
-    from tfnas.search import runner
+    from tfnas import macro as macro_lib, runtime
+    from tfnas.search.darts.algorithm import build_search
     from tfnas.train import steps as steps_lib
 
     runtime.seed_everything(cfg)
@@ -372,7 +372,8 @@ def child_search(c: Child) -> None:
 
     c.enter("build")
     t = time.perf_counter()
-    _, net, searcher = runner.build_search(cfg, IMAGE_SHAPE, NUM_CLASSES, SEARCH_TRAIN_IMAGES // batch)
+    macro_desc = macro_lib.build_macro(cfg.search.macro, IMAGE_SHAPE, NUM_CLASSES)
+    _, net, searcher = build_search(cfg, macro_desc, SEARCH_TRAIN_IMAGES // batch)
     c.result["build_s"] = time.perf_counter() - t
     record_network(c, net, include_aux=True)  # a search network has no auxiliary tower
     c.save()
@@ -421,12 +422,11 @@ def build_eval_network(c: Child, cfg):
 def child_eval_train(c: Child) -> None:
     import numpy as np
 
-    cfg = child_config(c, EVAL_AUGMENTATION)
+    batch = EVAL_NETWORK["batch"]
+    cfg = child_config(c, EVAL_AUGMENTATION + (f"eval.trainer.batch_size={batch}",))
     tf, _ = child_imports(c, cfg)
     from tfnas import compiler, evaluation, runtime
-    from tfnas.train import steps as steps_lib
 
-    batch = EVAL_NETWORK["batch"]
     c.result["batch"] = batch
     c.enter("build")
     t = time.perf_counter()
@@ -440,7 +440,7 @@ def child_eval_train(c: Child) -> None:
     c.save()
 
     mean, std = np.full(3, 0.5, np.float32), np.full(3, 0.25, np.float32)
-    step = steps_lib.training_step(trainer.train_step, batch, IMAGE_SHAPE, mean, std, jit_compile=c.result["xla"])
+    step = evaluation.training_step(cfg, trainer, IMAGE_SHAPE, mean, std, jit_compile=c.result["xla"])
     x, y = uint8_batches(0, batch, 1)[0]
 
     def run(i):

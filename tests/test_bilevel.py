@@ -1,4 +1,4 @@
-"""Bi-level DARTS search (tfnas.search.bilevel) and DARTS finalisation (tfnas.search.darts.finalize).
+"""Bi-level DARTS search (tfnas.search.darts.bilevel) and DARTS finalisation (tfnas.search.darts.finalize).
 
 Tiny supernets (4 channels, 6x6 images, batch 8) keep the file fast; everything runs eagerly.
 """
@@ -11,7 +11,7 @@ from tfnas import compiler, macro
 from tfnas.proto import config_pb2
 from tfnas.proto import descriptors_pb2 as pb
 from tfnas.search import darts
-from tfnas.search.bilevel import BilevelSearch
+from tfnas.search.darts.bilevel import BilevelSearch
 from tfnas.train import optim
 
 PRIMITIVES = ["none", "skip_connect", "sep_conv_3x3", "avg_pool_3x3"]

@@ -252,14 +252,33 @@ def test_validate_errors_name_the_field(override, field):
     assert error(None, [override]).startswith(field + ":")
 
 
-def test_validate_messages_and_known_ops():
+def test_validate_messages_and_operations_of_the_registry():
     assert error(None, ["search.macro.cells=0"]) == "search.macro.cells: must be >= 1, got 0"
     assert "did you mean 'sep_conv_3x3'?" in error(None, ["search.darts.primitives=[sep_conv_3x4]"])
     c = cfg.load_config()
-    c.search.darts.primitives[:] = ["my_op"]
-    cfg.validate(c, known_ops=["my_op"])
-    with pytest.raises(cfg.ConfigError, match="unknown operation 'my_op'"):
-        cfg.validate(c)
+    c.search.darts.primitives[:] = ["none", "sep_conv_7x7"]  # registered, though not a DARTS primitive
+    cfg.validate(c)
+    for not_a_candidate in ("stem", "linear", "mixed", "my_op"):  # the registry's, but no edge on their own
+        c.search.darts.primitives[:] = [not_a_candidate]
+        with pytest.raises(cfg.ConfigError, match=f"search.darts.primitives: unknown operation '{not_a_candidate}'"):
+            cfg.validate(c)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("search.random.trials=0", "search.random.trials: must be >= 1, got 0"),
+    ("search.random.epochs=0", "search.random.epochs: must be >= 1, got 0"),
+    ("search.random.edges_per_node=3", "search.random.edges_per_node: must be 1 or 2"),
+    ("search.random.primitives=[sep_conv_9x9]", "search.random.primitives: unknown operation 'sep_conv_9x9'"),
+    ("search.random.primitives=[none]", "search.random.primitives: must be a list with at least one operation"),
+])
+def test_the_selected_algorithm_checks_its_own_section(override, message):
+    assert error(None, ["search.algorithm=RANDOM", override]).startswith(message)
+    cfg.load_config(None, [override])  # DARTS selected: the random section is not read
+
+
+def test_an_algorithm_that_does_not_exist_yet_is_one_clear_error():
+    assert error(None, ["search.algorithm=PETRIDISH"]) == \
+        "search.algorithm: PETRIDISH is not implemented yet (available: DARTS, RANDOM)"
 
 
 def test_text_format_config(tmp_path):

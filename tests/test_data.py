@@ -320,3 +320,64 @@ def test_augment_is_deterministic_per_seed_and_traceable():
     out = traced.get_concrete_function(spec, tf.TensorSpec([2], tf.int64))(x, tf.constant([11, 0], tf.int64))
     np.testing.assert_array_equal(out, a)  # an int seed s means [s, 0]
     assert traced.get_concrete_function(spec, tf.TensorSpec([2], tf.int64)).output_shapes.as_list() == [None, 8, 8, 2]
+
+
+def _windows_of(src, pad):
+    """Every crop window, and its mirror image, of `src` zero-padded by `pad` pixels."""
+    padded = np.pad(src, [(pad, pad), (pad, pad), (0, 0)])
+    h, w = src.shape[:2]
+    out = {}
+    for dy in range(2 * pad + 1):
+        for dx in range(2 * pad + 1):
+            window = padded[dy:dy + h, dx:dx + w]
+            out[(dy, dx, False)], out[(dy, dx, True)] = window, window[:, ::-1]
+    return out
+
+
+def test_the_search_step_sees_cropped_flipped_images_with_black_padding():
+    """Through train.steps.training_step as the DARTS search builds it (two streams, search.augmentation):
+    each stream's batch is a crop of the black-padded image, sometimes mirrored, then normalised; the
+    two streams and two steps get different crops; nothing is augmented without the setting."""
+    from tfnas.train import steps
+    rng = np.random.default_rng(0)
+    images = rng.integers(1, 256, (16, 8, 8, 3), dtype=np.uint8)  # no black pixel of their own
+    labels = np.zeros(16, np.int64)
+    mean, std = np.full(3, 0.5, np.float32), np.full(3, 0.25, np.float32)
+    counter = tf.Variable(0, dtype=tf.int64)
+    seen = []
+
+    def spy(batches):
+        seen.append(batches)
+        return {"x0": batches[0][0], "x1": batches[1][0]}
+
+    from tfnas import config
+    aug = config.load_config(None, ["search.augmentation.crop_padding=2",
+                                    "search.augmentation.horizontal_flip=true"]).search.augmentation
+    step = steps.training_step(spy, 16, (8, 8, 3), mean, std, streams=2, augmentation=aug, seed=3, counter=counter)
+    first = step(images, labels, images, labels)
+    counter.assign_add(1)
+    second = step(images, labels, images, labels)
+    black = (0.0 - 0.5) / 0.25
+    found = set()
+    for out in (first["x0"], first["x1"], second["x0"], second["x1"]):
+        pixels = out.numpy() * 0.25 + 0.5  # back to [0, 1]
+        for img, src in zip(pixels, images):
+            matches = [k for k, win in _windows_of(src / 255.0, 2).items() if np.allclose(win, img, atol=1e-5)]
+            assert matches, "every image is a (possibly mirrored) window of the black-padded image"
+            found.add(matches[0])
+        assert (out.numpy() == black).any()  # black padding shows: normalised black, not the mean colour 0
+    assert any(k[2] for k in found) and any(not k[2] for k in found)  # flipped and not
+    assert len({k[:2] for k in found}) > 5  # many different crops
+    assert not np.array_equal(first["x0"], first["x1"]) and not np.array_equal(first["x0"], second["x0"])
+    plain = steps.training_step(spy, 16, (8, 8, 3), mean, std, streams=2)(images, labels, images, labels)
+    np.testing.assert_allclose(plain["x0"], data.preprocess(images, mean, std), atol=1e-6)
+
+
+def test_cutout_comes_after_normalisation_crop_before():
+    x = tf.constant(np.full((32, 8, 8, 1), 200, np.uint8))
+    mean, std = np.full(1, 0.2, np.float32), np.full(1, 0.5, np.float32)
+    out = data.prepare_batch(x, mean, std, _aug(crop_padding=1, cutout=3), seed=4).numpy()
+    white, black = (200 / 255 - 0.2) / 0.5, (0 - 0.2) / 0.5
+    near = lambda v: np.isclose(out, v, atol=1e-5)  # noqa: E731
+    assert (near(white) | near(black) | near(0.0)).all()
+    assert near(0.0).any() and near(black).any()  # the cutout square has the mean colour, the padding is black

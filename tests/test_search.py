@@ -136,8 +136,8 @@ def test_a_search_that_cannot_load_its_data_fails_fast_and_writes_nothing(tmp_pa
 
 def test_the_configuration_chooses_the_search_networks_compiler_options():
     cfg = config.load_config()
-    assert not runner.compiler_options(cfg.search.darts).recompute_depthwise
+    assert not runner.search_options(cfg).recompute_depthwise
     cfg.search.darts.lead_edges_apart = cfg.search.darts.recompute_depthwise = True
-    options = runner.compiler_options(cfg.search.darts)
+    options = runner.search_options(cfg)
     assert options.lead_edges_apart and options.recompute_depthwise
     assert options.group_mixed_edges and not options.affine  # compiler.SEARCH_OPTIONS otherwise

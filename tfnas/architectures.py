@@ -11,7 +11,7 @@ import pathlib
 from typing import Sequence
 
 from tfnas import genotypes, macro as macro_lib
-from tfnas.descriptors import DescriptorError, load_model_desc
+from tfnas.descriptors import DescriptorError, load_model_desc, reads_alphas
 from tfnas.proto import config_pb2
 from tfnas.proto import descriptors_pb2 as pb
 
@@ -29,7 +29,7 @@ def known_names() -> list[str]:
 
 
 def is_search_desc(desc: pb.ModelDesc) -> bool:
-    return any(e.op.name == "mixed" for c in desc.cells for n in c.nodes for e in n.edges)
+    return any(reads_alphas(e.op) for c in desc.cells for n in c.nodes for e in n.edges)
 
 
 def _sized(base: config_pb2.MacroConfig, channels: int | None, cells: int | None) -> config_pb2.MacroConfig:

@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfnas import ops
-from tfnas.descriptors import concat_states, validate
+from tfnas.descriptors import concat_states, reads_alphas, validate
 from tfnas.proto import descriptors_pb2 as pb
 
 SEARCH_OPTIONS = pb.CompilerOptions(aux_towers=False, drop_path=False, affine=False, group_mixed_edges=True)
@@ -44,12 +44,15 @@ class Cell(keras.layers.Layer):
         self.pre1 = ops.create(desc.s1_op, options)
         self.edges = []  # per node: list of (input states, layer, apply drop path)
         self.groups = {}  # input state -> list of (MixedOp with copies, alpha group, [(node, alpha row)])
+        # Group layer id -> the descriptors of the edge ops it computes, copy j = edge j (tfnas.weights).
+        self.group_edge_ops = {}
         self._edge_layers = []
         members = {}  # grouping key -> [(node, edge)]
         for n, node in enumerate(desc.nodes):
             node_edges = []
             for edge in node.edges:
-                if options.group_mixed_edges and edge.op.name == "mixed" and len(edge.inputs) == 1:
+                groupable = reads_alphas(edge.op) and ops.registry.op_class(edge.op.name).supports_copies
+                if options.group_mixed_edges and groupable and len(edge.inputs) == 1:
                     lead = options.lead_edges_apart and n == max(0, edge.inputs[0] - 1)
                     members.setdefault(_group_key(edge) + (lead,), []).append((n, edge))
                     continue
@@ -64,6 +67,7 @@ class Cell(keras.layers.Layer):
                                copies=len(group))
             targets = [(n, edge.op.alpha_index) for n, edge in group]
             self.groups.setdefault(state, []).append((layer, group[0][1].op.alpha_group, targets))
+            self.group_edge_ops[layer.desc.id] = tuple(edge.op for _, edge in group)
             self._edge_layers.append(layer)
         self.concat = concat_states(desc)
         self.built = True
@@ -90,7 +94,7 @@ class Cell(keras.layers.Layer):
         run_groups(1)
         for n, node_edges in enumerate(self.edges):
             for inputs, layer, use_drop_path in node_edges:
-                if layer.desc.name == "mixed":
+                if reads_alphas(layer.desc):
                     y = layer(states[inputs[0]], weights=edge_weights[layer.desc.alpha_group],
                               rows=(layer.desc.alpha_index,), **run)[0]
                 else:

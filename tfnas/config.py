@@ -19,7 +19,6 @@ from google.protobuf import descriptor, json_format, text_format
 from tfnas.errors import UserError
 from tfnas.files import write_atomic
 from tfnas.proto import config_pb2
-from tfnas.search import darts as darts_lib
 
 DEFAULT_CONFIG_PATH = pathlib.Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 TEXT_FORMAT_SUFFIXES = (".pbtxt", ".textproto")
@@ -57,7 +56,8 @@ def _expected(src: str, node: yaml.Node, path: str, expected: str) -> ConfigErro
     return ConfigError(f"{_where(src, node)}:{named} expected {expected}, got {_kind(node)}")
 
 
-def _suggest(word: str, choices: Sequence[str]) -> str:
+def suggest(word: str, choices: Sequence[str]) -> str:
+    """A " (did you mean 'x'?)" hint naming the closest of `choices`, or an empty string."""
     close = difflib.get_close_matches(word, choices, n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
@@ -76,7 +76,7 @@ def _message(node: yaml.Node, desc: descriptor.Descriptor, path: str, src: str) 
         if field is None:
             where = f"in {path}" if path else "at the top level"
             raise ConfigError(f"{_where(src, key_node)}: unknown key '{key}' {where}"
-                              + _suggest(key, list(desc.fields_by_name)))
+                              + suggest(key, list(desc.fields_by_name)))
         if key in out:
             raise ConfigError(f"{_where(src, key_node)}: duplicate key '{key}' in {path or 'the file'}")
         out[key] = _field(value_node, field, f"{path}.{key}" if path else key, src)
@@ -231,7 +231,7 @@ def _override(item: str) -> dict[str, Any]:
         if field is None:
             where = f"in {path}" if path else "at the top level"
             raise ConfigError(f"{src}: unknown key '{part}' {where}"
-                              + _suggest(part, list(desc.fields_by_name) if desc else []))
+                              + suggest(part, list(desc.fields_by_name) if desc else []))
         path = f"{path}.{part}" if path else part
         desc = field.message_type if not _repeated(field) else None
     try:
@@ -269,19 +269,10 @@ def load_config(path: str | os.PathLike[str] | None = None,
 
 # --- semantic checks and saving ---------------------------------------------------------------------
 
-def validate(config: config_pb2.ExperimentConfig, known_ops: Sequence[str] | None = None) -> None:
-    """Checks what the schema cannot express (ranges, op names) so runs fail before building a model."""
-    def check(ok: bool, field: str, requirement: str, value: Any) -> None:
-        if not ok:
-            raise ConfigError(f"{field}: must be {requirement}, got {value!r}")
-
-    def enum_set(field: str, message: Any, name: str) -> None:
-        value = getattr(message, name)
-        enum = message.DESCRIPTOR.fields_by_name[name].enum_type
-        allowed = ", ".join(v.name for v in enum.values if v.number)
-        check(value != 0, f"{field}.{name}", f"one of {allowed}", enum.values_by_number[value].name)
-
-    data, search, darts = config.data, config.search, config.search.darts
+def validate(config: config_pb2.ExperimentConfig) -> None:
+    """Checks what the schema cannot express (ranges, op names) so runs fail before building a model; the
+    selected search algorithm checks its own section (and its operation names against the op registry)."""
+    data, search = config.data, config.search
     check(0 < data.search_train_fraction < 1, "data.search_train_fraction", "in (0, 1)",
           data.search_train_fraction)
     for name in ("image_size", "max_train_examples", "max_test_examples"):
@@ -289,7 +280,7 @@ def validate(config: config_pb2.ExperimentConfig, known_ops: Sequence[str] | Non
     check(not (data.mean or data.std) or len(data.mean) == len(data.std), "data.std",
           f"as long as data.mean ({len(data.mean)})", list(data.std))
     check(all(s > 0 for s in data.std), "data.std", "> 0 everywhere", list(data.std))
-    enum_set("search", search, "algorithm")
+    check_enum("search", search, "algorithm")
     for stage in ("search", "eval"):
         macro, trainer = getattr(config, stage).macro, getattr(config, stage).trainer
         for name in ("channels", "cells", "nodes", "stem_multiplier"):
@@ -300,27 +291,41 @@ def validate(config: config_pb2.ExperimentConfig, known_ops: Sequence[str] | Non
         check(trainer.batch_size >= 1, f"{stage}.trainer.batch_size", ">= 1", trainer.batch_size)
         for name in ("epochs", "max_steps_per_epoch", "checkpoint_every_steps"):
             check(getattr(trainer, name) >= 0, f"{stage}.trainer.{name}", ">= 0", getattr(trainer, name))
-    optimizers = {"search.trainer.optimizer": search.trainer.optimizer,
-                  "eval.trainer.optimizer": config.eval.trainer.optimizer,
-                  "search.darts.alpha_optimizer": darts.alpha_optimizer}
-    for field, opt in optimizers.items():
-        check(opt.learning_rate > 0, f"{field}.learning_rate", "> 0", opt.learning_rate)
-        enum_set(field, opt, "kind")
-        enum_set(field, opt, "schedule")
+    for field, opt in {"search.trainer.optimizer": search.trainer.optimizer,
+                       "eval.trainer.optimizer": config.eval.trainer.optimizer}.items():
+        check_optimizer(field, opt)
+    for stage in ("search", "eval"):
+        for name in ("crop_padding", "cutout"):
+            value = getattr(getattr(config, stage).augmentation, name)
+            check(value >= 0, f"{stage}.augmentation.{name}", ">= 0", value)
     check(0 <= config.eval.drop_path_prob < 1, "eval.drop_path_prob", "in [0, 1)",
           config.eval.drop_path_prob)
-    check(darts.order in (1, 2), "search.darts.order", "1 or 2", darts.order)
-    check(darts.edges_per_node >= 1, "search.darts.edges_per_node", ">= 1", darts.edges_per_node)
-    known = list(darts_lib.PRIMITIVES if known_ops is None else known_ops)
-    for op in darts.primitives:
-        if op not in known:
-            raise ConfigError(f"search.darts.primitives: unknown operation '{op}'{_suggest(op, known)} "
-                              f"(known: {', '.join(known)})")
-    duplicates = sorted({op for op in darts.primitives if list(darts.primitives).count(op) > 1})
-    check(not duplicates, "search.darts.primitives", "without repetitions", duplicates)
-    check(any(op != "none" for op in darts.primitives), "search.darts.primitives",
-          "a list with at least one operation other than 'none'", list(darts.primitives))
     check(config.export.version >= 1, "export.version", ">= 1", config.export.version)
+    runtime = config.runtime
+    for name in ("inter_op_threads", "intra_op_threads"):
+        check(getattr(runtime, name) >= 0, f"runtime.{name}", ">= 0", getattr(runtime, name))
+    from tfnas.search import algorithm  # the selected algorithm checks its own section
+    algorithm.get(search.algorithm).validate(config)
+
+
+def check(ok: bool, field: str, requirement: str, value: Any) -> None:
+    """Raises ConfigError "field: must be requirement, got value" unless `ok`."""
+    if not ok:
+        raise ConfigError(f"{field}: must be {requirement}, got {value!r}")
+
+
+def check_enum(field: str, message: Any, name: str) -> None:
+    """An enum field must be set to one of its named values (not the UNSPECIFIED zero)."""
+    value = getattr(message, name)
+    enum = message.DESCRIPTOR.fields_by_name[name].enum_type
+    allowed = ", ".join(v.name for v in enum.values if v.number)
+    check(value != 0, f"{field}.{name}", f"one of {allowed}", enum.values_by_number[value].name)
+
+
+def check_optimizer(field: str, opt: config_pb2.OptimizerConfig) -> None:
+    check(opt.learning_rate > 0, f"{field}.learning_rate", "> 0", opt.learning_rate)
+    check_enum(field, opt, "kind")
+    check_enum(field, opt, "schedule")
 
 
 def _tidy(data: dict[str, Any], desc: descriptor.Descriptor) -> dict[str, Any]:

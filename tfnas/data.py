@@ -402,23 +402,42 @@ def preprocess(images_uint8: tf.Tensor, mean: Any, std: Any) -> tf.Tensor:
 
 
 def augment(images: tf.Tensor, config: config_pb2.AugmentationConfig, seed: tf.Tensor | int) -> tf.Tensor:
-    """Per-image random crop after zero padding, horizontal flip and cutout of a float NHWC batch.
+    """Per-image random crop after zero padding, horizontal flip and cutout of an NHWC batch, in that
+    order, on the values as given (see `prepare_batch` for where training applies each).
 
-    The DARTS evaluation recipe (crop 32 with padding 4, flip, cutout 16; DeVries & Taylor 2017).
-    Stateless random ops seeded from `seed` (an int or a shape-[2] integer tensor, e.g. derived from
-    the step) make it reproducible and traceable in a tf.function; masks and gathers keep it
-    vectorised. Applied after `preprocess`, the padding and the cutout square read 0, i.e. the mean
-    colour; cutout's centre is uniform over the image and the square is clipped at the borders.
+    The DARTS recipes: the search crops and flips (crop 32 with padding 4), the evaluation also cuts out
+    (side 16; DeVries & Taylor 2017). Stateless random ops seeded from `seed` (an int or a shape-[2]
+    integer tensor, e.g. derived from the step) make it reproducible and traceable in a tf.function; masks
+    and gathers keep it vectorised. Cutout's centre is uniform over the image and the square is clipped at
+    the borders.
     """
-    images = tf.convert_to_tensor(images)
+    seeds = _augmentation_seeds(seed)
+    return _cutout(_crop_and_flip(tf.convert_to_tensor(images), config, seeds), config, seeds)
+
+
+def prepare_batch(images_uint8: tf.Tensor, mean: Any, std: Any, config: config_pb2.AugmentationConfig | None = None,
+                  seed: tf.Tensor | int = 0) -> tf.Tensor:
+    """A training batch as the network sees it: uint8 images cropped (black padding, as torchvision pads
+    before ToTensor) and flipped, normalised (`preprocess`), then cut out (the square reads 0, the mean
+    colour, as the DARTS code's Cutout after Normalize). Without `config`, only normalised."""
+    if config is None or not (config.crop_padding or config.horizontal_flip or config.cutout):
+        return preprocess(images_uint8, mean, std)
+    seeds = _augmentation_seeds(seed)
+    return _cutout(preprocess(_crop_and_flip(images_uint8, config, seeds), mean, std), config, seeds)
+
+
+def _augmentation_seeds(seed: tf.Tensor | int) -> list[tf.Tensor]:
     seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
     if seed.shape.rank == 0:
         seed = tf.stack([seed, tf.constant(0, tf.int64)])
-    crop_seed, flip_seed, cut_y_seed, cut_x_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
+    return tf.unstack(tf.random.experimental.stateless_split(seed, 4))  # crop, flip, cutout rows, columns
+
+
+def _crop_and_flip(images: tf.Tensor, config: config_pb2.AugmentationConfig, seeds: list[tf.Tensor]) -> tf.Tensor:
+    crop_seed, flip_seed = seeds[0], seeds[1]
     shape = tf.shape(images)
     n, h, w = shape[0], shape[1], shape[2]
     out = images
-
     pad = int(config.crop_padding)
     if pad > 0:
         padded = tf.pad(out, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
@@ -426,21 +445,27 @@ def augment(images: tf.Tensor, config: config_pb2.AugmentationConfig, seed: tf.T
         rows = offsets[0][:, None] + tf.range(h)[None]  # [N, H] rows of the padded image to keep
         cols = offsets[1][:, None] + tf.range(w)[None]  # [N, W]
         out = tf.gather(tf.gather(padded, rows, axis=1, batch_dims=1), cols, axis=2, batch_dims=1)
-
     if config.horizontal_flip:
         flip = tf.random.stateless_uniform([n], flip_seed) < 0.5
         out = tf.where(flip[:, None, None, None], tf.reverse(out, axis=[2]), out)
+    out.set_shape(images.shape)
+    return out
 
+
+def _cutout(images: tf.Tensor, config: config_pb2.AugmentationConfig, seeds: list[tf.Tensor]) -> tf.Tensor:
     side = int(config.cutout)
-    if side > 0:
-        cy = tf.random.stateless_uniform([n], cut_y_seed, 0, h, dtype=tf.int32)
-        cx = tf.random.stateless_uniform([n], cut_x_seed, 0, w, dtype=tf.int32)
-        y0, x0 = cy - side // 2, cx - side // 2
-        in_rows = _between(tf.range(h)[None], y0[:, None], y0[:, None] + side)  # [N, H]
-        in_cols = _between(tf.range(w)[None], x0[:, None], x0[:, None] + side)  # [N, W]
-        keep = tf.logical_not(in_rows[:, :, None] & in_cols[:, None, :])
-        out = out * tf.cast(keep, out.dtype)[..., None]
-
+    if side <= 0:
+        return images
+    cut_y_seed, cut_x_seed = seeds[2], seeds[3]
+    shape = tf.shape(images)
+    n, h, w = shape[0], shape[1], shape[2]
+    cy = tf.random.stateless_uniform([n], cut_y_seed, 0, h, dtype=tf.int32)
+    cx = tf.random.stateless_uniform([n], cut_x_seed, 0, w, dtype=tf.int32)
+    y0, x0 = cy - side // 2, cx - side // 2
+    in_rows = _between(tf.range(h)[None], y0[:, None], y0[:, None] + side)  # [N, H]
+    in_cols = _between(tf.range(w)[None], x0[:, None], x0[:, None] + side)  # [N, W]
+    keep = tf.logical_not(in_rows[:, :, None] & in_cols[:, None, :])
+    out = images * tf.cast(keep, images.dtype)[..., None]
     out.set_shape(images.shape)
     return out
 

@@ -16,7 +16,7 @@ def describe(desc: pb.ModelDesc, arch: str) -> dict:
     model = compiler.compile_model(desc, options)
     cells = []
     for cell in desc.cells:
-        nodes = [[{"op": e.op.name if e.op.name != "mixed" else f"mixed({len(e.op.candidates)})",
+        nodes = [[{"op": f"{e.op.name}({len(e.op.candidates)})" if e.op.candidates else e.op.name,
                    "inputs": list(e.inputs)} for e in node.edges] for node in cell.nodes]
         cells.append({"id": cell.id, "type": pb.CellType.Name(cell.cell_type).lower(), "channels": cell.channels,
                       "nodes": nodes})

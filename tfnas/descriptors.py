@@ -67,6 +67,12 @@ def load_model_desc(path: str | os.PathLike) -> pb.ModelDesc:
     return desc
 
 
+def reads_alphas(op: pb.OpDesc) -> bool:
+    """Whether an op reads architecture weights (a search-time op, e.g. DARTS's mixed op): its descriptor
+    names the alpha group and row it reads."""
+    return bool(op.alpha_group)
+
+
 def cell_out_channels(cell: pb.CellDesc) -> int:
     return len(concat_states(cell)) * cell.channels
 

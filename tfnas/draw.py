@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from tfnas.alphas import alpha_arrays, softmax, strongest
+from tfnas.descriptors import reads_alphas
 from tfnas.errors import UserError
 from tfnas.proto import descriptors_pb2 as pb
 
@@ -72,12 +73,12 @@ def _row_weights(weights: Mapping[Any, Any] | None, op: pb.OpDesc) -> Sequence[t
 def edge_label(op: pb.OpDesc, weights: Mapping[Any, Any] | None = None) -> tuple[str, str]:
     """(label, family) of an edge: plain ops by name; mixed ops by their strongest candidate when weights
     are known, else just 'mixed'."""
-    if op.name != "mixed":
+    if not reads_alphas(op):
         return op.name, op_family(op.name)
     row = _row_weights(weights, op)
     best = strongest([w for _, w in row], [n for n, _ in row]) if row else None
     if best is None:
-        return "mixed", "other"
+        return op.name, "other"
     name = row[best[0]][0]
     return f"{name} {best[1]:.2f}", op_family(name)
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import pathlib
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -25,8 +24,9 @@ from tfnas.files import write_atomic
 from tfnas.proto import config_pb2
 from tfnas.proto import descriptors_pb2 as pb
 from tfnas.train import optim, steps as steps_lib
-from tfnas.train.metrics import accuracy, correct, cross_entropy
 from tfnas.train.loop import EpochCallback, run_loop
+from tfnas.train.metrics import correct, cross_entropy
+from tfnas.train.supervised import SupervisedTrainer
 
 
 def write_weights(net: compiler.NasModel, out: pathlib.Path) -> None:
@@ -38,45 +38,6 @@ def write_weights(net: compiler.NasModel, out: pathlib.Path) -> None:
 
 def has_weights(out: pathlib.Path) -> bool:
     return (out / f"{rundir.WEIGHTS}.done").exists()
-
-
-class EvalTrainer(keras.Model):
-    """Supervised training of an evaluation network with its auxiliary towers: one `train_step` per batch."""
-
-    def __init__(self, net: compiler.NasModel, optimizer, opt_cfg: config_pb2.OptimizerConfig,
-                 augmentation: config_pb2.AugmentationConfig, seed: int, **kw):
-        super().__init__(name=kw.pop("name", "eval_trainer"), **kw)
-        self.net, self.opt, self.opt_cfg, self.augmentation = net, optimizer, opt_cfg, augmentation
-        self.seed = int(seed)
-        self.opt.build(net.trainable_variables)
-        self.trackers = {n: keras.metrics.Mean(name=n) for n in ("loss", "accuracy")}
-        self.built = True
-
-    def reset_trackers(self):
-        for t in self.trackers.values():
-            t.reset_state()
-
-    def call(self, x, training=False):
-        return self.net(x, training=training)
-
-    def train_step(self, data):
-        """One SGD step on a normalised batch (x, labels), augmented here."""
-        x, labels = data
-        # Augmentation seeded by (seed, step): reproducible, and identical after a resume.
-        x = data_lib.augment(x, self.augmentation, tf.stack([tf.constant(self.seed, tf.int64),
-                                                              tf.cast(self.opt.iterations, tf.int64)]))
-        variables = self.net.trainable_variables
-        with tf.GradientTape() as tape:
-            logits, aux_logits = self.net.forward(x, training=True)
-            loss = cross_entropy(logits, labels)
-            total = loss
-            for (_, weight, _), aux in zip(self.net.aux, aux_logits):
-                total = total + weight * cross_entropy(aux, labels)
-        grads = optim.prepare_gradients(tape.gradient(total, variables), variables, self.opt_cfg)
-        self.opt.apply_gradients(zip(grads, variables))
-        self.trackers["loss"].update_state(loss)
-        self.trackers["accuracy"].update_state(accuracy(logits, labels))
-        return {**{k: t.result() for k, t in self.trackers.items()}, "lr": optim.current_lr(self.opt)}
 
 
 def test_accuracy(logits_of, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, float]:
@@ -114,12 +75,22 @@ class EvalMonitor(EpochCallback):
         print(f"epoch {epoch + 1}: test_accuracy {acc:.4f}")
 
 
-def build_trainer(config: config_pb2.ExperimentConfig, desc: pb.ModelDesc, steps_per_epoch: int) -> EvalTrainer:
+def build_trainer(config: config_pb2.ExperimentConfig, desc: pb.ModelDesc, steps_per_epoch: int
+                  ) -> SupervisedTrainer:
     """The evaluation network of `desc`, compiled, with its optimiser (the benchmark builds it here too)."""
     e = config.eval
     net = compiler.compile_model(desc, compiler.EVAL_OPTIONS)
     opt = optim.make_optimizer(e.trainer.optimizer, e.trainer.epochs, steps_per_epoch, "optimizer")
-    return EvalTrainer(net, opt, e.trainer.optimizer, e.augmentation, int(config.seed))
+    return SupervisedTrainer(net, opt, e.trainer.optimizer)
+
+
+def training_step(config: config_pb2.ExperimentConfig, trainer: SupervisedTrainer, image_shape, mean, std,
+                  jit_compile: bool = False):
+    """The evaluation's traced step: augmented as `eval.augmentation` says, seeded by the step count."""
+    e = config.eval
+    return steps_lib.training_step(trainer.train_step, e.trainer.batch_size, image_shape, mean, std,
+                                   augmentation=e.augmentation, seed=int(config.seed), counter=trainer.step_counter,
+                                   jit_compile=jit_compile)
 
 
 def evaluate(config: config_pb2.ExperimentConfig, arch: str | pb.ModelDesc, out_dir: str | pathlib.Path,
@@ -153,7 +124,7 @@ def evaluate(config: config_pb2.ExperimentConfig, arch: str | pb.ModelDesc, out_
         steps = min(steps, e.trainer.max_steps_per_epoch)
     trainer = build_trainer(config, desc, steps)
     net = trainer.net
-    step = steps_lib.training_step(trainer.train_step, e.trainer.batch_size, dataset.image_shape, mean, std)
+    step = training_step(config, trainer, dataset.image_shape, mean, std)
 
     def on_epoch_begin(epoch):
         if net.drop_rate is not None:
@@ -161,8 +132,8 @@ def evaluate(config: config_pb2.ExperimentConfig, arch: str | pb.ModelDesc, out_
 
     # The drop-path seed generator's state is one of the net's variables, so it is saved with it.
     loop_ckpt = checkpoints.LoopCheckpoint(out, checkpoints.EVAL, net=checkpoints.named_variables(net),
-                                           optimizer=trainer.opt,
-                                           metrics=checkpoints.metric_variables(trainer.trackers))
+                                           metrics=checkpoints.metric_variables(trainer.trackers),
+                                           **trainer.checkpointed())
     monitor = EvalMonitor(out, net, dataset.test, mean, std, e.trainer.batch_size)
     with runtime.training_graph_options(config.runtime.graph_optimizer):
         logs = run_loop(step, [stream], e.trainer.epochs, steps, loop_ckpt, trainer.reset_trackers,

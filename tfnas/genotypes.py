@@ -109,14 +109,14 @@ def fill_cell(cell: pb.CellDesc, nodes: Nodes, concat: Sequence[int]) -> None:
     cell.concat.extend(concat)
 
 
-def _lay_out(cells: dict, macro: config_pb2.MacroConfig, input_shape: Sequence[int], num_classes: int,
+def _lay_out(fill: dict, nodes: int, macro: config_pb2.MacroConfig, input_shape: Sequence[int], num_classes: int,
              source: str) -> pb.ModelDesc:
-    """The macro structure with every cell filled from `cells`: {cell type: (nodes, concat)}."""
+    """The macro structure with `nodes` nodes per cell, every cell then filled by `fill[cell type](cell)`."""
     macro = config_pb2.MacroConfig.FromString(macro.SerializeToString())
-    macro.nodes = len(cells[pb.NORMAL][0])
+    macro.nodes = nodes
     desc = macro_lib.build_macro(macro, input_shape, num_classes)
     for cell in desc.cells:
-        fill_cell(cell, *cells[cell.cell_type])
+        fill[cell.cell_type](cell)
     desc.source = source
     return macro_lib.rewire(desc)
 
@@ -126,18 +126,79 @@ def to_desc(genotype: Genotype, macro: config_pb2.MacroConfig, input_shape: Sequ
     """Expands a cell pair into a network of any depth and width (the evaluation network)."""
     cells = {pb.NORMAL: (by_node(genotype.normal), genotype.normal_concat),
              pb.REDUCTION: (by_node(genotype.reduce), genotype.reduce_concat)}
-    return _lay_out(cells, macro, input_shape, num_classes, source)
+    fill = {kind: (lambda cell, nodes=nodes, concat=concat: fill_cell(cell, nodes, concat))
+            for kind, (nodes, concat) in cells.items()}
+    return _lay_out(fill, len(cells[pb.NORMAL][0]), macro, input_shape, num_classes, source)
+
+
+def rebase_id(op_id: str, template: pb.CellDesc, cell: pb.CellDesc) -> str:
+    """An id of `template`'s ops as the id of the same op in `cell`: the template's cell id prefix
+    replaced by the cell's (`c0.n1.e2.sep_conv_3x3` -> `c7.n1.e2.sep_conv_3x3`); the template's own cell
+    keeps its ids exactly, and an id without that prefix gets the cell's in front."""
+    if cell.id == template.id:
+        return op_id
+    if template.id and (op_id == template.id or op_id.startswith(template.id + ".")):
+        return cell.id + op_id[len(template.id):]
+    return f"{cell.id}.{op_id}"
+
+
+def _scaled(channels: int, template: pb.CellDesc, cell: pb.CellDesc, at: str) -> int:
+    """A channel count of a template op in a cell of other width (the cell's channels for the template's)."""
+    if channels * cell.channels % template.channels:
+        raise DescriptorError(f"{at}: {channels} channels in a cell of {template.channels} do not scale to a cell "
+                              f"of {cell.channels}")
+    return channels * cell.channels // template.channels
+
+
+def copy_cell(template: pb.CellDesc, cell: pb.CellDesc) -> None:
+    """Replaces `cell`'s nodes and concat by those of the finalised `template` (any number of edges per node,
+    edges of any number of inputs), each op keeping its rank and its id re-based onto the cell
+    (`rebase_id`), its channels scaled to the cell's and, where the cell is of another type, its stride
+    that of the cell's edges from its first input. Mixed edges are refused."""
+    del cell.nodes[:]
+    for n, node in enumerate(template.nodes):
+        at = f"cell {template.id}, node {n}"
+        copied = cell.nodes.add(id=rebase_id(node.id, template, cell) if node.id else f"{cell.id}.n{n}")
+        for e, edge in enumerate(node.edges):
+            if edge.op.name == "mixed" or edge.op.alpha_group or edge.op.candidates:
+                raise DescriptorError(f"{at}, edge {e}: not a finalised edge ({edge.op.name}); only finalised "
+                                      "descriptors can be expanded")
+            op = pb.OpDesc()
+            op.CopyFrom(edge.op)
+            op.id = (rebase_id(edge.op.id, template, cell) if edge.op.id else
+                     macro_lib.make_op(cell, n, edge.inputs[0], op.name, suffix=f".{e}").id)
+            op.in_channels = _scaled(op.in_channels, template, cell, f"{at}, edge {e}")
+            op.out_channels = _scaled(op.out_channels, template, cell, f"{at}, edge {e}")
+            if cell.cell_type != template.cell_type and edge.inputs:
+                op.stride = macro_lib.edge_stride(cell, edge.inputs[0])
+            copied.edges.add(op=op, inputs=edge.inputs)
+    del cell.concat[:]
+    cell.concat.extend(concat_states(template))
+
+
+def _check_unique_ids(desc: pb.ModelDesc) -> None:
+    seen = set()
+    for cell in desc.cells:
+        for op in [cell.s0_op, cell.s1_op] + [e.op for node in cell.nodes for e in node.edges]:
+            if op.id and op.id in seen:
+                raise DescriptorError(f"cell {cell.id}: op id {op.id!r} is used twice after expansion")
+            seen.add(op.id)
 
 
 def expand(final: pb.ModelDesc, macro: config_pb2.MacroConfig, input_shape: Sequence[int] | None = None,
            num_classes: int | None = None) -> pb.ModelDesc:
     """A finalised (searched) descriptor re-laid out at another depth and width: the nodes of its first
-    normal and first reduction cell (any number of edges per node) are copied into every cell."""
+    normal and first reduction cell (any number of edges per node, edges of any number of inputs) are
+    copied into every cell of that type (`copy_cell`). Op ids and ranks are kept: in the cell with the
+    template's id exactly, elsewhere re-based onto the cell (`c0.n1.e2.sep_conv_3x3` in c7 is
+    `c7.n1.e2.sep_conv_3x3`), so the ops of the template cells name the same weights in both."""
     normal, reduce = _templates(final)
-    cells = {pb.NORMAL: (_cell_nodes(normal), concat_states(normal)),
-             pb.REDUCTION: (_cell_nodes(reduce), concat_states(reduce))}
-    return _lay_out(cells, macro, input_shape or list(final.input_shape), num_classes or final.num_classes,
-                    final.source)
+    templates = {pb.NORMAL: normal, pb.REDUCTION: reduce}
+    fill = {kind: (lambda cell, template=template: copy_cell(template, cell)) for kind, template in templates.items()}
+    desc = _lay_out(fill, len(normal.nodes), macro, input_shape or list(final.input_shape),
+                    num_classes or final.num_classes, final.source)
+    _check_unique_ids(desc)
+    return desc
 
 
 def format_genotype(g: Genotype) -> str:

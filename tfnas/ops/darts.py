@@ -44,9 +44,9 @@ class ReluConvBN(OpLayer):
         return oh * ow * int(np.prod(self.w.shape))
 
 
-@register("sep_conv_3x3", kernel_size=3)
-@register("sep_conv_5x5", kernel_size=5)
-@register("sep_conv_7x7", kernel_size=7)
+@register("sep_conv_3x3", candidate=True, kernel_size=3)
+@register("sep_conv_5x5", candidate=True, kernel_size=5)
+@register("sep_conv_7x7", candidate=True, kernel_size=7)
 class SepConv(OpLayer):
     """Two blocks of ReLU -> depthwise kxk -> pointwise 1x1 -> BN; the first block carries the stride.
 
@@ -56,6 +56,8 @@ class SepConv(OpLayer):
 
     supports_copies = True
     reads_relu = folds_weight = True
+    # Copy j: depthwise channels j*C.. of the tiled input, 1x1 output channels (its group) and BN channels.
+    copy_axes = {"dw1": 2, "pw1": 3, "bn1": 0, "dw2": 2, "pw2": 3, "bn2": 0}
 
     def __init__(self, desc, options, kernel_size: int, **kw):
         super().__init__(desc, options, **kw)
@@ -81,8 +83,8 @@ class SepConv(OpLayer):
         return oh * ow * sum(int(np.prod(v.shape)) for v in (self.dw1, self.pw1, self.dw2, self.pw2))
 
 
-@register("dil_conv_3x3", kernel_size=3)
-@register("dil_conv_5x5", kernel_size=5)
+@register("dil_conv_3x3", candidate=True, kernel_size=3)
+@register("dil_conv_5x5", candidate=True, kernel_size=5)
 class DilConv(OpLayer):
     """ReLU -> depthwise kxk with dilation 2 -> pointwise 1x1 -> BN.
 
@@ -96,6 +98,7 @@ class DilConv(OpLayer):
     DILATION = 2
     supports_copies = True  # as SepConv
     reads_relu = folds_weight = True
+    copy_axes = {"dw": 2, "pw": 3, "bn": 0}
 
     def __init__(self, desc, options, kernel_size: int, **kw):
         super().__init__(desc, options, **kw)
@@ -138,6 +141,8 @@ class FactorizedReduce(OpLayer):
 
     supports_copies = True
     reads_relu = folds_weight = True
+    # Copy j: output channels j*C/2.. of each conv, and its C BatchNorm channels (its two halves, in order).
+    copy_axes = {"conv1": 3, "conv2": 3, "bn": 0}
 
     def __init__(self, desc, options, **kw):
         super().__init__(desc, options, **kw)
@@ -170,7 +175,7 @@ class FactorizedReduce(OpLayer):
         return oh * ow * (int(np.prod(self.w1.shape)) + int(np.prod(self.w2.shape)))
 
 
-@register("skip_connect")
+@register("skip_connect", candidate=True)
 class SkipConnect(OpLayer):
     """Identity at stride 1; at stride 2 DARTS uses a FactorizedReduce, built here as a child."""
 
@@ -203,8 +208,12 @@ class SkipConnect(OpLayer):
     def macs(self, h, w):
         return 0 if self.reduce is None else self.reduce.macs(h, w)
 
+    def weight_layout(self):
+        """At stride 2 its FactorizedReduce's weights (the op's own, under their names); none otherwise."""
+        return {} if self.reduce is None else self.reduce.weight_layout()
 
-@register("none")
+
+@register("none", candidate=True)
 class Zero(OpLayer):
     """The `none` candidate: zeros of the output shape (mixed ops skip it, since it adds nothing)."""
 
@@ -220,8 +229,8 @@ class Zero(OpLayer):
         return tf.zeros_like(x if s == 1 else x[:, ::s, ::s, :])
 
 
-@register("max_pool_3x3", kind="max")
-@register("avg_pool_3x3", kind="avg")
+@register("max_pool_3x3", candidate=True, kind="max")
+@register("avg_pool_3x3", candidate=True, kind="avg")
 class Pool(OpLayer):
     """3x3 pooling with padding 1; average pooling counts only real pixels (count_include_pad=False)."""
 

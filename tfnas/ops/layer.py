@@ -22,6 +22,9 @@ from tfnas.ops.channels import tile_channels
 from tfnas.proto import descriptors_pb2 as pb
 
 
+_BATCHNORM_VECTORS = ("mean", "var", "gamma", "beta")  # the suffixes of a BatchNorm's weights (batchnorm.py)
+
+
 def layer_name(desc: pb.OpDesc) -> str | None:
     """Keras forbids '/' in layer names; descriptor ids use '.' so they map one to one."""
     return desc.id.replace("/", ".") or None
@@ -62,6 +65,12 @@ class OpLayer(keras.layers.Layer):
     reads_relu = False
     # Ops whose output is a BatchNorm's take `weight=` (a per-channel factor) and fold it into that BN.
     folds_weight = False
+    # Where each weight keeps its copies when the op is built as `copies=k`: the axis on which the k copies
+    # lie side by side (copy j is the j-th of k equal slices on it), by the name the weight was created
+    # with, or by a BatchNorm's name for all its vectors ("bn1" for bn1_mean, bn1_var, bn1_gamma,
+    # bn1_beta); None: one variable every copy shares. Ops that support copies list every weight they
+    # create; read it through `weight_layout` (tfnas.weights maps op ids to slices with it).
+    copy_axes: dict[str, int | None] = {}
 
     def __init__(self, desc: pb.OpDesc, options: pb.CompilerOptions, copies: int = 1, **kwargs):
         super().__init__(name=layer_name(desc), **kwargs)
@@ -79,6 +88,27 @@ class OpLayer(keras.layers.Layer):
 
     def finish_build(self) -> None:
         self.built = True
+
+    def weight_layout(self) -> dict[str, tuple]:
+        """This op's weights by name: (variable, the axis its copies lie on or None if every copy shares
+        it; see `copy_axes`). A layer built as one copy needs no axes; one built as k copies raises for a
+        weight whose layout it does not know, rather than guess."""
+        layout = {}
+        for v in (*self._trainable_variables, *self._non_trainable_variables):  # this layer's own
+            key = v.name
+            if key not in self.copy_axes and key.rsplit("_", 1)[-1] in _BATCHNORM_VECTORS:
+                key = key.rsplit("_", 1)[0]
+            if key not in self.copy_axes and self.copies > 1:
+                raise ValueError(f"operation {self.desc.id or self.desc.name}: no copy axis for weight {v.name!r}")
+            layout[v.name] = (v, self.copy_axes.get(key))
+        return layout
+
+    @classmethod
+    def finalize_edge(cls, desc: pb.OpDesc, alphas) -> tuple[pb.OpDesc, float | None]:
+        """What an edge with this op becomes in the final architecture, and its rank among the node's
+        edges: a plain op stays as it is and is required (None: always kept). Ops that read architecture
+        weights (`alphas`: {alpha group: [edges x candidates]}) override this."""
+        return desc, None
 
     def conv_weight(self, name: str, kh: int, kw: int, c_in: int, c_out: int):
         return self.add_weight(name=name, shape=(kh, kw, c_in, c_out),

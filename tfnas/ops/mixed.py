@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.eager import record  # private, stable in the pinned TF range
 
+from tfnas.alphas import softmax, strongest
 from tfnas.ops.batchnorm import BatchNorm
 from tfnas.ops.channels import tile_channels
 from tfnas.ops.constants import per_graph
@@ -102,6 +103,41 @@ class MixedOp(OpLayer):
 
     def macs(self, h, w):
         return sum(layer.macs(h, w) for _, layer, _ in self.branches)
+
+    def weight_layout(self):
+        """None of its own: a mixed op's weights are its candidates' (`candidate_layouts`)."""
+        return {}
+
+    def candidate_layouts(self) -> dict[int, dict]:
+        """Per computed candidate (by alpha column), its weights as in `OpLayer.weight_layout`: the
+        candidate layer's own and, for a pool, those of the BatchNorm that follows it ("bn_mean",
+        "bn_var"). The k edges of a grouped op share that BatchNorm (their pools see one input, so one set
+        of statistics): every copy maps to the same variables; a one-copy op has its own."""
+        layouts = {}
+        for column, layer, bn in self.branches:
+            layout = dict(layer.weight_layout())
+            if bn is not None:
+                axis = 0 if layer.out_copies > 1 else None
+                vectors = ([bn.gamma, bn.beta] if bn.affine else []) + [bn.moving_mean, bn.moving_var]
+                for v in vectors:  # "max_pool_3x3_bn_mean" -> "bn_mean"
+                    name = v.name.removeprefix(f"{layer.desc.name}_")
+                    if name in layout:
+                        raise ValueError(f"operation {self.desc.id}: candidate {layer.desc.name} has a weight {name!r}"
+                                         " of its own")
+                    layout[name] = (v, axis)
+            layouts[column] = layout
+        return layouts
+
+    @classmethod
+    def finalize_edge(cls, desc, alphas):
+        """The strongest candidate other than `none` under the edge's softmax weights (its alpha row), with
+        that weight as its rank; on a tie the earlier candidate, as in the reference code."""
+        weights = softmax(np.asarray(alphas[desc.alpha_group], np.float64)[desc.alpha_index])
+        column, weight = strongest(weights, [c.name for c in desc.candidates])
+        chosen = type(desc)()
+        chosen.CopyFrom(desc.candidates[column])
+        chosen.rank = weight
+        return chosen, weight
 
 
 def _fold_pool_weight(copies: int, channels: int) -> bool:

@@ -12,22 +12,39 @@ from tfnas.errors import UserError
 from tfnas.proto import descriptors_pb2 as pb
 
 _REGISTRY: dict[str, Callable[..., object]] = {}
+_CLASSES: dict[str, type] = {}
+_CANDIDATES: set[str] = set()
 
 
 class OpError(UserError):
     """An operation descriptor that cannot be built (unknown name, bad channels or stride)."""
 
 
-def register(name: str, **fixed) -> Callable:
-    """Class decorator: `@register("sep_conv_3x3", kernel_size=3)`; may be stacked."""
+def register(name: str, candidate: bool = False, **fixed) -> Callable:
+    """Class decorator: `@register("sep_conv_3x3", candidate=True, kernel_size=3)`; may be stacked.
+    `candidate`: the op can be an edge of a cell on its own (a search space's primitive)."""
 
     def wrap(cls):
         if name in _REGISTRY:
             raise ValueError(f"operation {name!r} is registered twice")
         _REGISTRY[name] = lambda desc, options, copies=1: cls(desc, options, copies=copies, **fixed)
+        _CLASSES[name] = cls
+        if candidate:
+            _CANDIDATES.add(name)
         return cls
 
     return wrap
+
+
+def op_class(name: str) -> type:
+    """The layer class registered under `name` (for what an op says about itself, e.g. finalisation)."""
+    if name not in _CLASSES:
+        raise OpError(f"unknown operation {name!r} (known: {', '.join(names())})")
+    return _CLASSES[name]
+
+
+def is_candidate(name: str) -> bool:
+    return name in _CANDIDATES
 
 
 def names() -> list[str]:

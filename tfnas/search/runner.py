@@ -1,122 +1,131 @@
-"""`tfnas search`: configuration -> final descriptor, the DARTS way (seed 000):
+"""`tfnas search`: configuration -> final descriptor, for every algorithm (search/algorithm.py).
 
-    macro_desc = build_macro(conf_macro); model_desc = build_desc(macro_desc, micro_builder)
-    model = build_model(model_desc); train(model); final_desc = finalize(model)
-
-The run directory is laid out in `tfnas.rundir`. Running the same command again on the same directory
-resumes where it stopped; a finished search is not rerun.
+The runner owns what every search shares and hands it to the algorithm as a SearchRun: the configuration,
+the data and its split (the weight half and the architecture half), the macro descriptor, the run
+directory (tfnas.rundir), keyed resumable training loops with their checkpoints, TensorBoard, and the
+files every search writes: config.yaml first, final_cells.png, and final_desc.pbtxt last, so that its
+presence marks a finished search. Running the same command again on the same directory resumes where it
+stopped; a finished search is not rerun.
 """
 from __future__ import annotations
 
 import pathlib
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import numpy as np
+import tensorflow as tf
 
 from tfnas import checkpoints, compiler, data as data_lib, descriptors, draw, macro, rundir, runtime
-from tfnas.errors import UserError
 from tfnas.proto import config_pb2
 from tfnas.proto import descriptors_pb2 as pb
-from tfnas.search import darts
-from tfnas.search.bilevel import BilevelSearch
-from tfnas.search.monitor import SearchMonitor
-from tfnas.train import optim, steps as steps_lib
-from tfnas.train.loop import run_loop
+from tfnas.search import algorithm as algorithm_lib
+from tfnas.train import steps as steps_lib
+from tfnas.train.loop import EpochCallback, run_loop
 
 
-def compiler_options(darts_cfg: config_pb2.DartsConfig) -> pb.CompilerOptions:
-    """The search network's compiler options: compiler.SEARCH_OPTIONS with the configuration's choices of
+def search_options(config: config_pb2.ExperimentConfig) -> pb.CompilerOptions:
+    """The search networks' compiler options: compiler.SEARCH_OPTIONS with the configuration's choices of
     speed against start-up (lead_edges_apart) and memory (recompute_depthwise)."""
     options = pb.CompilerOptions()
     options.CopyFrom(compiler.SEARCH_OPTIONS)
-    options.lead_edges_apart = darts_cfg.lead_edges_apart
-    options.recompute_depthwise = darts_cfg.recompute_depthwise
+    options.lead_edges_apart = config.search.darts.lead_edges_apart
+    options.recompute_depthwise = config.search.darts.recompute_depthwise
     return options
 
 
-class Search(NamedTuple):
-    """What a DARTS search trains: the search descriptor, its network and the bi-level trainer."""
-    supernet: pb.ModelDesc
-    net: compiler.NasModel
-    searcher: BilevelSearch
+class SearchRun:
+    """What an algorithm searches with: data, macro descriptor, loops, checkpoints, TensorBoard, files."""
 
+    def __init__(self, config: config_pb2.ExperimentConfig, out: pathlib.Path, dataset: data_lib.Dataset,
+                 verbose: int, stop_after_steps: int | None):
+        self.config, self.out, self.dataset, self.verbose = config, out, dataset, verbose
+        self.stop_after_steps = stop_after_steps  # tests: end the search early after this many steps
+        self.mean, self.std = data_lib.normalization(dataset, config.data)
+        self.weight_split, self.arch_split = data_lib.search_split(dataset, config.data.search_train_fraction)
+        self.macro_desc = macro.build_macro(config.search.macro, dataset.image_shape, dataset.num_classes)
+        self._writer = None
 
-def build_search(config: config_pb2.ExperimentConfig, image_shape: Sequence[int], num_classes: int,
-                 steps_per_epoch: int) -> Search:
-    """The supernet of the configuration, compiled, with its two optimisers (the benchmark builds its
-    networks here too)."""
-    s = config.search
-    macro_desc = macro.build_macro(s.macro, image_shape, num_classes)
-    supernet = darts.build_supernet(macro_desc, list(s.darts.primitives), s.darts.alpha_init_scale,
-                                    seed=int(config.seed))
-    supernet.source = f"darts search ({config.name or 'unnamed'})"
-    net = compiler.compile_model(supernet, compiler_options(s.darts))
-    weight_opt = optim.make_optimizer(s.trainer.optimizer, s.trainer.epochs, steps_per_epoch, "weight_optimizer")
-    alpha_opt = optim.make_optimizer(s.darts.alpha_optimizer, s.trainer.epochs, steps_per_epoch, "alpha_optimizer")
-    searcher = BilevelSearch(net, weight_opt, alpha_opt, s.trainer.optimizer, s.darts.alpha_optimizer,
-                             order=s.darts.order)
-    return Search(supernet, net, searcher)
+    @property
+    def seed(self) -> int:
+        return int(self.config.seed)
 
+    @property
+    def writer(self):
+        """The search's TensorBoard writer (<run>/tensorboard)."""
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(str(self.out / rundir.TENSORBOARD))
+        return self._writer
 
-def with_alphas(supernet: pb.ModelDesc, alphas: dict[str, np.ndarray]) -> pb.ModelDesc:
-    """The search descriptor holding the current alphas (what supernet.pbtxt keeps)."""
-    trained = pb.ModelDesc()
-    trained.CopyFrom(supernet)
-    for g, a in alphas.items():
-        del trained.alpha_groups[g].values[:]
-        trained.alpha_groups[g].values.extend(a.astype(np.float32).ravel().tolist())
-    return trained
+    def stream(self, split: tuple[np.ndarray, np.ndarray], seed: int) -> data_lib.BatchStream:
+        """Batches of search.trainer.batch_size from `split`, in an order given by `seed` alone."""
+        return data_lib.BatchStream(*split, self.config.search.trainer.batch_size, seed=seed)
+
+    def steps_per_epoch(self, streams: Sequence[data_lib.BatchStream]) -> int:
+        """One pass over the shortest stream, capped by search.trainer.max_steps_per_epoch."""
+        steps = min(s.steps_per_epoch for s in streams)
+        cap = self.config.search.trainer.max_steps_per_epoch
+        return min(steps, cap) if cap else steps
+
+    def compile(self, desc: pb.ModelDesc) -> compiler.NasModel:
+        return compiler.compile_model(desc, search_options(self.config))
+
+    def train(self, key: str, trainer, net: compiler.NasModel, streams: Sequence[data_lib.BatchStream],
+              epochs: int, steps: int, callbacks: Sequence[EpochCallback] = ()) -> tuple[dict, bool]:
+        """Trains `trainer` (train_step, trackers, reset_trackers, step_counter, checkpointed()) for `epochs`
+        as the keyed loop `key`: resumed from its checkpoint if it has one, saved at every epoch end (and
+        every search.trainer.checkpoint_every_steps), marked done at the end. Every stream's batches are
+        augmented by search.augmentation. Returns (the last logs, whether the loop is done)."""
+        s = self.config.search
+        step = steps_lib.training_step(trainer.train_step, s.trainer.batch_size, self.dataset.image_shape,
+                                       self.mean, self.std, streams=len(streams), augmentation=s.augmentation,
+                                       seed=self.seed, counter=trainer.step_counter)
+        loop_ckpt = checkpoints.LoopCheckpoint(self.out, key, net=checkpoints.named_variables(net),
+                                               metrics=checkpoints.metric_variables(trainer.trackers),
+                                               **trainer.checkpointed())
+        with runtime.training_graph_options(self.config.runtime.graph_optimizer):
+            logs = run_loop(step, streams, epochs, steps, loop_ckpt, trainer.reset_trackers, callbacks=callbacks,
+                            checkpoint_every_steps=s.trainer.checkpoint_every_steps, verbose=self.verbose,
+                            stop_after_steps=self.stop_after_steps)
+        return logs, loop_ckpt.done
+
+    def accuracy(self, net: compiler.NasModel, split: tuple[np.ndarray, np.ndarray]) -> float:
+        """Top-1 accuracy of `net` in inference mode on a split (e.g. the architecture half)."""
+        from tfnas.evaluation import test_accuracy
+        logits_of = steps_lib.inference_function(net, self.dataset.image_shape, self.mean, self.std)
+        return test_accuracy(logits_of, *split, self.config.search.trainer.batch_size)[0]
+
+    def save(self, name: str, data: pb.ModelDesc | bytes | str) -> None:
+        """A file of the run directory, written atomically (descriptors by their extension's format)."""
+        from tfnas.files import write_atomic
+        if isinstance(data, pb.ModelDesc):
+            descriptors.save(data, self.out / name)
+        else:
+            write_atomic(self.out / name, data)
 
 
 def search(config: config_pb2.ExperimentConfig, out_dir: str | pathlib.Path, verbose: int = 1,
            stop_after_steps: int | None = None, dataset: data_lib.Dataset | None = None) -> pb.ModelDesc | None:
-    """Runs (or resumes) a search; returns the final descriptor (None if stopped early on purpose).
-
-    `dataset` replaces the configured one (tests and notebooks that hold their data in memory).
-    """
-    if config.search.algorithm != config_pb2.SearchConfig.DARTS:
-        name = config_pb2.SearchConfig.Algorithm.Name(config.search.algorithm)
-        raise UserError(f"search.algorithm: {name} is not implemented yet (available: DARTS)")
+    """Runs (or resumes) the configured search; returns the final descriptor (None if stopped early on
+    purpose). `dataset` replaces the configured one (tests and notebooks that hold their data in memory)."""
+    algorithm = algorithm_lib.get(config.search.algorithm)
+    algorithm.validate(config)
     runtime.configure_threads(config.runtime)
     # The data first: a run that cannot start (no dataset offline, say) leaves no directory behind.
     dataset = dataset or data_lib.load_dataset(config.data)
     out = rundir.prepare(out_dir, config)
     final_path = out / rundir.FINAL_DESC
-    if final_path.exists() and (out / "checkpoints" / checkpoints.SEARCH / "done").exists():
+    if final_path.exists():
         final = descriptors.load_model_desc(final_path)
         if not (out / rundir.FINAL_CELLS).exists():
             draw.save(draw.draw_cells(final), out / rundir.FINAL_CELLS)
         return final
     runtime.seed_everything(config)
-    s = config.search
-    mean, std = data_lib.normalization(dataset, config.data)
-    (xt, yt), (xv, yv) = data_lib.search_split(dataset, config.data.search_train_fraction)
-    batch = s.trainer.batch_size
-    train_stream = data_lib.BatchStream(xt, yt, batch, seed=int(config.seed))
-    val_stream = data_lib.BatchStream(xv, yv, batch, seed=int(config.seed) + 1)
-    steps = min(train_stream.steps_per_epoch, val_stream.steps_per_epoch)
-    if s.trainer.max_steps_per_epoch:
-        steps = min(steps, s.trainer.max_steps_per_epoch)
-
-    supernet, net, searcher = build_search(config, dataset.image_shape, dataset.num_classes, steps)
-    step = steps_lib.training_step(searcher.train_step, batch, dataset.image_shape, mean, std, streams=2)
-    loop_ckpt = checkpoints.LoopCheckpoint(out, checkpoints.SEARCH, net=checkpoints.named_variables(net),
-                                           weight_opt=searcher.weight_opt, alpha_opt=searcher.alpha_opt,
-                                           metrics=checkpoints.metric_variables(searcher.trackers))
-    monitor = SearchMonitor(out, net, supernet, s.darts.edges_per_node)
-    with runtime.training_graph_options(config.runtime.graph_optimizer):
-        logs = run_loop(step, [train_stream, val_stream], s.trainer.epochs, steps, loop_ckpt,
-                        searcher.reset_trackers, callbacks=[monitor],
-                        checkpoint_every_steps=s.trainer.checkpoint_every_steps, verbose=verbose,
-                        stop_after_steps=stop_after_steps)
-    alphas = {g: v.numpy() for g, v in net.alpha_vars.items()}
-    descriptors.save(with_alphas(supernet, alphas), out / rundir.SUPERNET_DESC)
-    if not loop_ckpt.done:
+    run = SearchRun(config, out, dataset, verbose, stop_after_steps)
+    final = algorithm.run(run)
+    if final is None:
         return None
-    final = darts.finalize(supernet, alphas, s.darts.edges_per_node)
-    final.source = supernet.source
+    final.source = final.source or f"{algorithm.name.lower()} search ({config.name or 'unnamed'})"
     draw.save(draw.draw_cells(final), out / rundir.FINAL_CELLS)
-    descriptors.save(final, final_path)  # last: its presence (with `done`) marks a finished search
-    if verbose:
-        print(f"final val_accuracy {logs.get('val_accuracy', float('nan')):.4f}")
+    descriptors.save(final, final_path)  # last: its presence marks a finished search
     return final
+

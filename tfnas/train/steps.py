@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfnas import data as data_lib
+from tfnas.proto import config_pb2
 
 
 def batch_specs(batch_size: int | None, image_shape: Sequence[int]) -> list[tf.TensorSpec]:
@@ -20,16 +21,32 @@ def batch_specs(batch_size: int | None, image_shape: Sequence[int]) -> list[tf.T
 
 
 def training_step(train_step: Callable, batch_size: int, image_shape: Sequence[int], mean: np.ndarray,
-                  std: np.ndarray, streams: int = 1, jit_compile: bool = False) -> Callable[..., dict]:
+                  std: np.ndarray, streams: int = 1, augmentation: config_pb2.AugmentationConfig | None = None,
+                  seed: int = 0, counter: tf.Variable | None = None, jit_compile: bool = False) -> Callable[..., dict]:
     """A tf.function of `streams` (images, labels) pairs, flattened: step(x0, y0, x1, y1, ...). It calls
     `train_step((x, y))` with one stream and `train_step(((x0, y0), (x1, y1), ...))` with several (the
-    DARTS search reads a training and a validation stream)."""
+    DARTS search reads a training and a validation stream). With `augmentation`, every stream's batch is
+    augmented (data.prepare_batch) with a seed drawn from (seed, counter, stream): `counter` is the
+    trainer's step count, which checkpoints keep, so a resumed run augments as an uninterrupted one."""
+    augmenting = augmentation is not None and bool(augmentation.crop_padding or augmentation.horizontal_flip
+                                                   or augmentation.cutout)
+    if augmenting and counter is None:
+        raise ValueError("an augmented training step needs the trainer's step counter")
+
     @tf.function(input_signature=batch_specs(batch_size, image_shape) * streams, autograph=False,
                  jit_compile=jit_compile)
     def step(*tensors):
-        batches = tuple((data_lib.preprocess(tensors[i], mean, std), tensors[i + 1])
-                        for i in range(0, 2 * streams, 2))
-        return train_step(batches if streams > 1 else batches[0])
+        batches = []
+        for i in range(streams):
+            images, labels = tensors[2 * i], tensors[2 * i + 1]
+            if augmenting:
+                base = tf.stack([tf.constant(seed, tf.int64), tf.cast(counter, tf.int64)])
+                x = data_lib.prepare_batch(images, mean, std, augmentation,
+                                           tf.random.experimental.stateless_fold_in(base, i))
+            else:
+                x = data_lib.preprocess(images, mean, std)
+            batches.append((x, labels))
+        return train_step(tuple(batches) if streams > 1 else batches[0])
     return step
 
 

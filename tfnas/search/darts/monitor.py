@@ -50,10 +50,11 @@ def alpha_heatmap(weights: np.ndarray, primitives: list[str], title: str) -> Ima
 class SearchMonitor(EpochCallback):
     """TensorBoard summaries and the alpha history of a DARTS search."""
 
-    def __init__(self, run_dir: pathlib.Path, net, supernet_desc, edges_per_node: int, log_every_steps: int = 10):
+    def __init__(self, run_dir: pathlib.Path, writer, net, supernet_desc, edges_per_node: int,
+                 log_every_steps: int = 10):
         self.run_dir = pathlib.Path(run_dir)
         self.net, self.desc, self.k = net, supernet_desc, edges_per_node
-        self.writer = tf.summary.create_file_writer(str(self.run_dir / rundir.TENSORBOARD))
+        self.writer = writer
         self.log_every = max(1, log_every_steps)
 
     def alphas(self) -> dict[str, np.ndarray]:

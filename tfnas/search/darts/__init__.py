@@ -1,5 +1,8 @@
 """DARTS (Liu, Simonyan, Yang, ICLR 2019): the micro builder of the supernet and its finalisation.
 
+The package: this module (TensorFlow-free: the supernet, finalisation), algorithm.py (DARTS behind the
+search protocol), bilevel.py (its trainer), monitor.py (its TensorBoard view of the alphas).
+
 The micro builder connects every node to every earlier state with a mixed edge; the edges of all cells
 of one type read one shared alpha matrix ("normal" or "reduction"), rows in edge order. Finalisation
 keeps, per node, the k incoming edges whose strongest operation other than `none` has the largest
@@ -12,7 +15,6 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from tfnas import macro as macro_lib
-from tfnas.alphas import softmax, strongest
 from tfnas.proto import descriptors_pb2 as pb
 
 GROUPS = {pb.NORMAL: "normal", pb.REDUCTION: "reduction"}
@@ -51,29 +53,18 @@ def build_supernet(macro_desc: pb.ModelDesc, primitives: Sequence[str], alpha_in
     return desc
 
 
-def finalize(desc: pb.ModelDesc, alphas: Mapping[str, np.ndarray], edges_per_node: int = 2) -> pb.ModelDesc:
-    """The discrete architecture: a plain descriptor with no mixed edges and no alphas."""
-    final = pb.ModelDesc()
-    final.CopyFrom(desc)
-    final.ClearField("alpha_groups")
-    for cell in final.cells:
-        for n, node in enumerate(cell.nodes):
-            scored = []
-            for position, edge in enumerate(node.edges):
-                op = edge.op
-                if op.name != "mixed":
-                    scored.append((op.rank or 1.0, position, edge))
-                    continue
-                weights = softmax(np.asarray(alphas[op.alpha_group], np.float64)[op.alpha_index])
-                column, weight = strongest(weights, [c.name for c in op.candidates])
-                chosen = pb.EdgeDesc(inputs=edge.inputs)
-                chosen.op.CopyFrom(op.candidates[column])
-                chosen.op.rank = weight
-                scored.append((weight, position, chosen))
-            # Strongest first; ties keep edge order. Kept edges stay in input order for readability.
-            kept = sorted(sorted(scored, key=lambda s: (-s[0], s[1]))[:edges_per_node], key=lambda s: s[1])
-            kept_edges = [pb.EdgeDesc(op=e.op, inputs=e.inputs) for _, _, e in kept]
-            del node.edges[:]
-            node.edges.extend(kept_edges)
-    return final
+def with_alphas(supernet: pb.ModelDesc, alphas: Mapping[str, np.ndarray]) -> pb.ModelDesc:
+    """The search descriptor holding the current alphas (what supernet.pbtxt keeps)."""
+    trained = pb.ModelDesc()
+    trained.CopyFrom(supernet)
+    for g, a in alphas.items():
+        del trained.alpha_groups[g].values[:]
+        trained.alpha_groups[g].values.extend(np.asarray(a, np.float32).ravel().tolist())
+    return trained
 
+
+def finalize(desc: pb.ModelDesc, alphas: Mapping[str, np.ndarray], edges_per_node: int = 2) -> pb.ModelDesc:
+    """The discrete architecture: per node the `edges_per_node` mixed edges whose strongest operation other
+    than `none` weighs most, each turned into that operation with its weight as rank (search.finalize)."""
+    from tfnas.search import finalize as finalize_lib
+    return finalize_lib.finalize(desc, alphas, edges_per_node)

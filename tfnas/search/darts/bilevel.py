@@ -42,6 +42,15 @@ class BilevelSearch(keras.Model):
                          for name in ("loss", "accuracy", "val_loss", "val_accuracy")}
         self.built = True
 
+    @property
+    def step_counter(self) -> tf.Variable:
+        """Steps taken (the weight optimiser's iterations): seeds each step's augmentation."""
+        return self.weight_opt.iterations
+
+    def checkpointed(self) -> dict:
+        """What a checkpoint of this trainer holds besides the network's variables."""
+        return {"weight_opt": self.weight_opt, "alpha_opt": self.alpha_opt}
+
     def reset_trackers(self) -> None:
         for t in self.trackers.values():
             t.reset_state()

@@ -1,0 +1,38 @@
+"""Finalisation as a protocol of the operations (Archai's `finalize() -> (desc, rank)`).
+
+Every op class says how its edge finalises (`OpLayer.finalize_edge`): a plain op keeps itself and is
+*required* (rank None: always kept); an op that reads architecture weights (the DARTS mixed op) turns
+into the operation those weights choose, with a rank. A node keeps its required edges plus its
+`edges_per_node` best-ranked ones (ties in edge order), in edge order. No algorithm tests op names here:
+a new kind of searchable op finalises by implementing `finalize_edge`.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from tfnas.proto import descriptors_pb2 as pb
+
+
+def finalize(desc: pb.ModelDesc, alphas: Mapping[str, np.ndarray], edges_per_node: int) -> pb.ModelDesc:
+    """The discrete architecture of `desc` under `alphas` ({alpha group: [edges x candidates]}): every edge
+    finalised by its op, the alpha groups dropped."""
+    from tfnas.ops import registry
+    import tfnas.ops  # noqa: F401  (registers every op)
+
+    final = pb.ModelDesc()
+    final.CopyFrom(desc)
+    final.ClearField("alpha_groups")
+    for cell in final.cells:
+        for node in cell.nodes:
+            required, ranked = [], []
+            for position, edge in enumerate(node.edges):
+                op, rank = registry.op_class(edge.op.name).finalize_edge(edge.op, alphas)
+                chosen = pb.EdgeDesc(op=op, inputs=edge.inputs)
+                (required if rank is None else ranked).append((rank, position, chosen))
+            best = sorted(ranked, key=lambda r: (-r[0], r[1]))[:edges_per_node]
+            kept = sorted(required + best, key=lambda r: r[1])
+            del node.edges[:]
+            node.edges.extend(edge for _, _, edge in kept)
+    return final

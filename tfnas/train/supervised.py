@@ -1,0 +1,59 @@
+"""Supervised training of one network: the evaluation from scratch and each random-search trial.
+
+One SGD (or Adam) step per batch on the classification loss, plus each auxiliary tower's weighted loss
+where the network has them (evaluation), with DARTS's coupled weight decay and gradient clipping.
+Augmentation happens before the step sees the batch (train.steps), seeded by the optimiser's iterations,
+so a resumed run draws the same crops as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from tfnas.compiler import NasModel
+from tfnas.proto import config_pb2
+from tfnas.train import optim
+from tfnas.train.metrics import accuracy, cross_entropy
+
+
+class SupervisedTrainer(keras.Model):
+    """`train_step((x, labels))` is one optimiser step; `opt.iterations` counts them."""
+
+    def __init__(self, net: NasModel, optimizer: keras.optimizers.Optimizer, opt_cfg: config_pb2.OptimizerConfig,
+                 **kw):
+        super().__init__(name=kw.pop("name", "supervised_trainer"), **kw)
+        self.net, self.opt, self.opt_cfg = net, optimizer, opt_cfg
+        self.opt.build(net.trainable_variables)
+        self.trackers = {n: keras.metrics.Mean(name=n) for n in ("loss", "accuracy")}
+        self.built = True
+
+    @property
+    def step_counter(self) -> tf.Variable:
+        return self.opt.iterations
+
+    def checkpointed(self) -> dict:
+        """What a checkpoint of this trainer holds besides the network's variables."""
+        return {"optimizer": self.opt}
+
+    def reset_trackers(self) -> None:
+        for t in self.trackers.values():
+            t.reset_state()
+
+    def call(self, x, training=False):
+        return self.net(x, training=training)
+
+    def train_step(self, data):
+        """One step on a normalised (and augmented) batch (x, labels)."""
+        x, labels = data
+        variables = self.net.trainable_variables
+        with tf.GradientTape() as tape:
+            logits, aux_logits = self.net.forward(x, training=True)
+            loss = cross_entropy(logits, labels)
+            total = loss
+            for (_, weight, _), aux in zip(self.net.aux, aux_logits):
+                total = total + weight * cross_entropy(aux, labels)
+        grads = optim.prepare_gradients(tape.gradient(total, variables), variables, self.opt_cfg)
+        self.opt.apply_gradients(zip(grads, variables))
+        self.trackers["loss"].update_state(loss)
+        self.trackers["accuracy"].update_state(accuracy(logits, labels))
+        return {**{k: t.result() for k, t in self.trackers.items()}, "lr": optim.current_lr(self.opt)}
