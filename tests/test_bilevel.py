@@ -395,3 +395,23 @@ def test_finalize_keeps_best_non_none_edges_and_ops():
     assert net.alphas == []
     out = net(np.zeros((2, 6, 6, 1), np.float32), training=False)
     assert tuple(out.shape) == (2, 3)
+
+
+def test_finalisation_is_the_ops_protocol_plain_edges_are_required():
+    """A node keeps its required (plain) edges plus its best-ranked mixed ones: finalisation asks each op
+    class (OpLayer.finalize_edge), never tests a name."""
+    from tfnas.ops import registry
+    from tfnas.search import finalize
+
+    desc = supernet_desc(cells=1, nodes=2)
+    fixed = desc.cells[0].nodes[1].edges.add(inputs=[0])  # a hand-placed edge beside node 1's mixed ones
+    fixed.op.CopyFrom(pb.OpDesc(name="skip_connect", id="c0.n1.fixed", in_channels=4, out_channels=4, stride=1))
+    alphas = np.zeros((5, 4), np.float32)
+    alphas[:, 2] = np.arange(5)  # sep_conv_3x3 ever stronger down the rows
+    final = finalize.finalize(desc, {"normal": alphas}, edges_per_node=1)
+    node1 = [(list(e.inputs), e.op.id) for e in final.cells[0].nodes[1].edges]
+    assert node1 == [([2], "c0.n1.e2.sep_conv_3x3"), ([0], "c0.n1.fixed")]  # edge order kept
+    assert registry.op_class("skip_connect").finalize_edge(fixed.op, {}) == (fixed.op, None)
+    op, rank = registry.op_class("mixed").finalize_edge(desc.cells[0].nodes[0].edges[1].op, {"normal": alphas})
+    assert op.name == "sep_conv_3x3" and rank == pytest.approx(np.exp(1) / (np.exp(1) + 3))
+    assert op.rank == pytest.approx(rank)  # stored as float32

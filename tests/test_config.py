@@ -249,11 +249,11 @@ def test_missing_file():
     ("search.algorithm=ALGORITHM_UNSPECIFIED", "search.algorithm"),
 ])
 def test_validate_errors_name_the_field(override, field):
-    assert error(None, [override]).startswith(field + ":")
+    assert error(None, [override]).startswith(f"--set {override}: {field}:")  # where the value came from
 
 
 def test_validate_messages_and_operations_of_the_registry():
-    assert error(None, ["search.macro.cells=0"]) == "search.macro.cells: must be >= 1, got 0"
+    assert error(None, ["search.macro.cells=0"]) == "--set search.macro.cells=0: search.macro.cells: must be >= 1, got 0"
     assert "did you mean 'sep_conv_3x3'?" in error(None, ["search.darts.primitives=[sep_conv_3x4]"])
     c = cfg.load_config()
     c.search.darts.primitives[:] = ["none", "sep_conv_7x7"]  # registered, though not a DARTS primitive
@@ -272,13 +272,13 @@ def test_validate_messages_and_operations_of_the_registry():
     ("search.random.primitives=[none]", "search.random.primitives: must be a list with at least one operation"),
 ])
 def test_the_selected_algorithm_checks_its_own_section(override, message):
-    assert error(None, ["search.algorithm=RANDOM", override]).startswith(message)
+    assert error(None, ["search.algorithm=RANDOM", override]).startswith(f"--set {override}: {message}")
     cfg.load_config(None, [override])  # DARTS selected: the random section is not read
 
 
 def test_an_algorithm_that_does_not_exist_yet_is_one_clear_error():
-    assert error(None, ["search.algorithm=PETRIDISH"]) == \
-        "search.algorithm: PETRIDISH is not implemented yet (available: DARTS, RANDOM)"
+    assert error(None, ["search.algorithm=PETRIDISH"]) == ("--set search.algorithm=PETRIDISH: search.algorithm: "
+                                                           "PETRIDISH is not implemented yet (available: DARTS, RANDOM)")
 
 
 def test_text_format_config(tmp_path):
@@ -370,11 +370,12 @@ def test_float_fields_keep_float32_values_through_yaml():
 def test_a_value_out_of_range_in_a_file_names_the_file(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("search:\n  macro:\n    cells: 0\n")
-    assert error(path, []) == f"{path}: search.macro.cells: must be >= 1, got 0"
+    assert error(path, []) == f"{path}:3: search.macro.cells: must be >= 1, got 0"  # file, line, key
+    assert error(path, ["search.macro.cells=2", "search.macro.nodes=0"]).startswith("--set search.macro.nodes=0: ")
 
 
 def test_primitives_and_export_version_are_checked():
     assert "without repetitions" in error(None, ["search.darts.primitives=[sep_conv_3x3,sep_conv_3x3]"])
     assert "other than 'none'" in error(None, ["search.darts.primitives=[none]"])
     assert "other than 'none'" in error(None, ["search.darts.primitives=[]"])
-    assert error(None, ["export.version=0"]) == "export.version: must be >= 1, got 0"
+    assert error(None, ["export.version=0"]) == "--set export.version=0: export.version: must be >= 1, got 0"

@@ -136,5 +136,6 @@ def test_bad_input_is_one_line_naming_the_file_and_key_and_writes_nothing(tmp_pa
     result = CliRunner().invoke(cli.main, ["search", "--config", str(path), "--out", str(tmp_path / "run")])
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [result.output.strip()]
-    assert result.output.startswith(f"error: {path}: {message}"), result.output
+    line = 2 if "algorithm" in override else 4  # the line of the key in bad.yaml
+    assert result.output.startswith(f"error: {path}:{line}: {message}"), result.output
     assert not (tmp_path / "run").exists()

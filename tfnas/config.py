@@ -3,8 +3,10 @@
 Layers, each deep-merged on the previous one (mappings merge, lists and scalars replace):
 configs/default.yaml (every default) <- the user's file (after its `include`s) <- `--set key=value`.
 Every layer is checked against the message descriptor while its YAML node tree is still at hand, so a
-mistake is reported with the file and line it came from rather than as a bare protobuf error at the end.
-This module must not import TensorFlow: the CLI imports it to fail fast on a bad configuration.
+mistake is reported with the file and line it came from rather than as a bare protobuf error at the end;
+the loader also remembers where each key was last written, so a value the semantic checks refuse (a range,
+an operation the registry does not know, the selected algorithm's own checks) is reported there too.
+Importing this module does not import TensorFlow; checking operation names against the op registry does.
 """
 from __future__ import annotations
 
@@ -31,7 +33,12 @@ _ROOT = config_pb2.ExperimentConfig.DESCRIPTOR
 
 
 class ConfigError(UserError):
-    """A configuration mistake; str() is one line naming where (file:line or --set item) and what."""
+    """A configuration mistake; str() is one line naming where (file:line or --set item) and what.
+    `field`: the dotted key a semantic check refused, so the loader can say where its value came from."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 def _repeated(field: _FD) -> bool:
@@ -186,8 +193,20 @@ def _written(plain: Any, marked: Any) -> dict[str, Any]:
     return _tidy(out, plain.DESCRIPTOR)
 
 
-def _read_file(path: pathlib.Path, src: str, chain: tuple[pathlib.Path, ...]) -> dict[str, Any]:
-    """One file with its includes resolved (they come first, in order, then the file's own keys)."""
+def _key_positions(node: yaml.Node, prefix: str, src: str, out: dict[str, str]) -> None:
+    """Where each key of a YAML mapping was written: {dotted key: "file:line"}."""
+    if not isinstance(node, yaml.MappingNode):
+        return
+    for key_node, value_node in node.value:
+        path = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+        out[path] = _where(src, key_node)
+        _key_positions(value_node, path, src, out)
+
+
+def _read_file(path: pathlib.Path, src: str, chain: tuple[pathlib.Path, ...],
+               positions: dict[str, str]) -> dict[str, Any]:
+    """One file with its includes resolved (they come first, in order, then the file's own keys).
+    `positions` gets where each key was written, later files over earlier ones, as the values merge."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
@@ -195,6 +214,7 @@ def _read_file(path: pathlib.Path, src: str, chain: tuple[pathlib.Path, ...]) ->
     include_node = None
     if path.suffix in TEXT_FORMAT_SUFFIXES:
         data = _text_format_dict(text, src)
+        own = {key: src for key in _dotted_keys(data)}
     else:
         try:
             root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -203,8 +223,10 @@ def _read_file(path: pathlib.Path, src: str, chain: tuple[pathlib.Path, ...]) ->
             raise ConfigError(f"{src}:{mark.line + 1 if mark else '?'}: invalid YAML: "
                               f"{err.problem or err.context}") from None
         data = {} if root is None else _message(root, _ROOT, "", src)
+        own = {}
         if isinstance(root, yaml.MappingNode):
             include_node = next((k for k, _ in root.value if k.value == "include"), None)
+            _key_positions(root, "", src, own)
     merged: dict[str, Any] = {}
     for name in data.pop("include", []):
         target = (path.parent / name).resolve()
@@ -213,8 +235,20 @@ def _read_file(path: pathlib.Path, src: str, chain: tuple[pathlib.Path, ...]) ->
         if target in chain:
             cycle = " -> ".join(p.name for p in chain[chain.index(target):] + (target,))
             raise ConfigError(f"{_where(src, include_node)}: include cycle: {cycle}")
-        merged = _merge(merged, _read_file(target, str(pathlib.Path(src).parent / name), chain + (target,)))
+        merged = _merge(merged, _read_file(target, str(pathlib.Path(src).parent / name), chain + (target,),
+                                           positions))
+    positions.update(own)
     return _merge(merged, data)
+
+
+def _dotted_keys(data: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else key
+        keys.append(path)
+        if isinstance(value, dict):
+            keys += _dotted_keys(value, path)
+    return keys
 
 
 def _override(item: str) -> dict[str, Any]:
@@ -249,12 +283,15 @@ def load_config(path: str | os.PathLike[str] | None = None,
     """Default config <- `path` (YAML or text format, includes resolved) <- `--set` overrides,
     checked against the schema (file:line errors) and by `validate`."""
     default = DEFAULT_CONFIG_PATH.resolve()
-    data = _read_file(default, str(DEFAULT_CONFIG_PATH), (default,))
+    positions: dict[str, str] = {}  # dotted key -> where its value was last written
+    data = _read_file(default, str(DEFAULT_CONFIG_PATH), (default,), positions)
     if path is not None:
         user = pathlib.Path(path).resolve()
-        data = _merge(data, _read_file(user, str(path), (user,)))
+        data = _merge(data, _read_file(user, str(path), (user,), positions))
     for item in overrides:
-        data = _merge(data, _override(item))
+        override = _override(item)
+        data = _merge(data, override)
+        positions.update({key: f"--set {item}" for key in _dotted_keys(override)})
     config = config_pb2.ExperimentConfig()
     try:
         json_format.ParseDict(data, config, ignore_unknown_fields=False)
@@ -262,9 +299,20 @@ def load_config(path: str | os.PathLike[str] | None = None,
         raise ConfigError(f"{path or DEFAULT_CONFIG_PATH}: {err}") from None
     try:
         validate(config)
-    except ConfigError as err:  # a value out of range: name the user's file too (the field is named)
-        raise ConfigError(f"{path}: {err}" if path is not None else str(err)) from None
+    except ConfigError as err:  # a value out of range: say where it was written (the key is named)
+        where = _position(positions, err.field) if err.field else None
+        raise ConfigError(f"{where}: {err}" if where else str(err), err.field) from None
     return config
+
+
+def _position(positions: dict[str, str], field: str) -> str | None:
+    """Where `field` (or the nearest enclosing key, for list items) was last written."""
+    field = field.split("[")[0]
+    while field:
+        if field in positions:
+            return positions[field]
+        field = field.rpartition(".")[0]
+    return None
 
 
 # --- semantic checks and saving ---------------------------------------------------------------------
@@ -311,7 +359,7 @@ def validate(config: config_pb2.ExperimentConfig) -> None:
 def check(ok: bool, field: str, requirement: str, value: Any) -> None:
     """Raises ConfigError "field: must be requirement, got value" unless `ok`."""
     if not ok:
-        raise ConfigError(f"{field}: must be {requirement}, got {value!r}")
+        raise ConfigError(f"{field}: must be {requirement}, got {value!r}", field)
 
 
 def check_enum(field: str, message: Any, name: str) -> None:

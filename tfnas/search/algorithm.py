@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Sequence
 
-from tfnas.config import ConfigError, suggest
+from tfnas.config import ConfigError, check, suggest
 from tfnas.proto import config_pb2
 from tfnas.proto import descriptors_pb2 as pb
 
@@ -53,13 +53,9 @@ def get(algorithm: int) -> Algorithm:
     module = _MODULES.get(algorithm)
     if module is None:
         name = Algorithm_.Name(algorithm) if algorithm in Algorithm_.values() else str(algorithm)
-        raise ConfigError(f"search.algorithm: {name} is not implemented yet (available: {', '.join(names())})")
+        raise ConfigError(f"search.algorithm: {name} is not implemented yet (available: {', '.join(names())})",
+                          "search.algorithm")
     return importlib.import_module(module).ALGORITHM
-
-
-def check(ok: bool, field: str, requirement: str, value) -> None:
-    if not ok:
-        raise ConfigError(f"{field}: must be {requirement}, got {value!r}")
 
 
 def check_primitives(field: str, primitives: Sequence[str], allow_none: bool = True) -> None:
@@ -69,7 +65,8 @@ def check_primitives(field: str, primitives: Sequence[str], allow_none: bool = T
     known = [n for n in registry.names() if registry.is_candidate(n)]
     for op in primitives:
         if op not in known or (op == "none" and not allow_none):
-            raise ConfigError(f"{field}: unknown operation '{op}'{suggest(op, known)} (known: {', '.join(known)})")
+            raise ConfigError(f"{field}: unknown operation '{op}'{suggest(op, known)} (known: {', '.join(known)})",
+                              field)
     duplicates = sorted({op for op in primitives if list(primitives).count(op) > 1})
     check(not duplicates, field, "without repetitions", duplicates)
     check(any(op != "none" for op in primitives), field, "a list with at least one operation other than 'none'",
