@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import NamedTuple, Sequence
 
 from tfnas import macro as macro_lib
-from tfnas.descriptors import DescriptorError, concat_states
+from tfnas.descriptors import DescriptorError, concat_states, reads_alphas
 from tfnas.proto import config_pb2
 from tfnas.proto import descriptors_pb2 as pb
 
@@ -67,7 +67,7 @@ def _cell_nodes(cell: pb.CellDesc) -> Nodes:
     for ni, node in enumerate(cell.nodes):
         pairs = []
         for ei, edge in enumerate(node.edges):
-            if edge.op.name == "mixed" or len(edge.inputs) != 1:
+            if reads_alphas(edge.op) or len(edge.inputs) != 1:
                 raise DescriptorError(f"cell {cell.id}, node {ni}, edge {ei}: not a finalised single-input edge"
                                       f" ({edge.op.name}); a genotype holds only plain operations")
             pairs.append((edge.op.name, edge.inputs[0]))
@@ -160,7 +160,7 @@ def copy_cell(template: pb.CellDesc, cell: pb.CellDesc) -> None:
         at = f"cell {template.id}, node {n}"
         copied = cell.nodes.add(id=rebase_id(node.id, template, cell) if node.id else f"{cell.id}.n{n}")
         for e, edge in enumerate(node.edges):
-            if edge.op.name == "mixed" or edge.op.alpha_group or edge.op.candidates:
+            if reads_alphas(edge.op) or edge.op.candidates:
                 raise DescriptorError(f"{at}, edge {e}: not a finalised edge ({edge.op.name}); only finalised "
                                       "descriptors can be expanded")
             op = pb.OpDesc()
