@@ -14,17 +14,17 @@ from tfnas.compiler import NasModel
 from tfnas.proto import config_pb2
 from tfnas.train import optim
 from tfnas.train.metrics import accuracy, cross_entropy
+from tfnas.train.trainer import Trainer
 
 
-class SupervisedTrainer(keras.Model):
+class SupervisedTrainer(Trainer):
     """`train_step((x, labels))` is one optimiser step; `opt.iterations` counts them."""
 
     def __init__(self, net: NasModel, optimizer: keras.optimizers.Optimizer, opt_cfg: config_pb2.OptimizerConfig,
                  **kw):
-        super().__init__(name=kw.pop("name", "supervised_trainer"), **kw)
-        self.net, self.opt, self.opt_cfg = net, optimizer, opt_cfg
+        super().__init__(net, name=kw.pop("name", "supervised_trainer"), **kw)
+        self.opt, self.opt_cfg = optimizer, opt_cfg
         self.opt.build(net.trainable_variables)
-        self.trackers = {n: keras.metrics.Mean(name=n) for n in ("loss", "accuracy")}
         self.built = True
 
     @property
@@ -34,13 +34,6 @@ class SupervisedTrainer(keras.Model):
     def checkpointed(self) -> dict:
         """What a checkpoint of this trainer holds besides the network's variables."""
         return {"optimizer": self.opt}
-
-    def reset_trackers(self) -> None:
-        for t in self.trackers.values():
-            t.reset_state()
-
-    def call(self, x, training=False):
-        return self.net(x, training=training)
 
     def train_step(self, data):
         """One step on a normalised (and augmented) batch (x, labels)."""

@@ -21,25 +21,26 @@ import tensorflow as tf
 from tfnas.compiler import NasModel
 from tfnas.proto import config_pb2
 from tfnas.train import optim
+from tfnas.train.trainer import Trainer
 from tfnas.train.metrics import accuracy, cross_entropy
 
 
-class BilevelSearch(keras.Model):
+class BilevelSearch(Trainer):
     """Wraps a search network with its two optimisers; `train_step(((xt, yt), (xv, yv)))` is one step."""
+
+    TRACKERS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
     def __init__(self, net: NasModel, weight_opt: keras.optimizers.Optimizer, alpha_opt: keras.optimizers.Optimizer,
                  weight_cfg: config_pb2.OptimizerConfig, alpha_cfg: config_pb2.OptimizerConfig, order: int = 1,
                  **kw):
-        super().__init__(name=kw.pop("name", "bilevel_search"), **kw)
+        super().__init__(net, name=kw.pop("name", "bilevel_search"), **kw)
         if order not in (1, 2):
             raise ValueError(f"DARTS order must be 1 or 2, got {order}")
-        self.net, self.order = net, order
+        self.order = order
         self.weight_opt, self.alpha_opt = weight_opt, alpha_opt
         self.weight_cfg, self.alpha_cfg = weight_cfg, alpha_cfg
         self.weight_opt.build(net.weights_only)
         self.alpha_opt.build(net.alphas)
-        self.trackers = {name: keras.metrics.Mean(name=name)
-                         for name in ("loss", "accuracy", "val_loss", "val_accuracy")}
         self.built = True
 
     @property
@@ -50,13 +51,6 @@ class BilevelSearch(keras.Model):
     def checkpointed(self) -> dict:
         """What a checkpoint of this trainer holds besides the network's variables."""
         return {"weight_opt": self.weight_opt, "alpha_opt": self.alpha_opt}
-
-    def reset_trackers(self) -> None:
-        for t in self.trackers.values():
-            t.reset_state()
-
-    def call(self, x, training=False):
-        return self.net(x, training=training)
 
     # -- steps ---------------------------------------------------------------------------------
 

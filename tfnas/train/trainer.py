@@ -1,0 +1,37 @@
+"""The protocol of a trainer: what the keyed training loop (SearchRun.train, the evaluation) drives.
+
+A trainer is a keras.Model around the network it trains (`net`), with a `train_step(batches) -> logs`
+(custom train_step, as Keras expects), running metric trackers whose totals checkpoints keep, a step
+counter that seeds each step's augmentation, and the optimisers a checkpoint must hold.
+"""
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+class Trainer(keras.Model):
+    """Base of SupervisedTrainer (evaluation, random-search trials) and BilevelSearch (DARTS)."""
+
+    TRACKERS: tuple[str, ...] = ("loss", "accuracy")
+
+    def __init__(self, net, **kw):
+        super().__init__(**kw)
+        self.net = net
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in self.TRACKERS}
+
+    @property
+    def step_counter(self) -> tf.Variable:
+        """Steps taken so far (an optimiser's iterations, which checkpoints keep)."""
+        raise NotImplementedError
+
+    def checkpointed(self) -> dict:
+        """What a checkpoint of this trainer holds besides the network's variables: {key: optimiser}."""
+        raise NotImplementedError
+
+    def reset_trackers(self) -> None:
+        for t in self.trackers.values():
+            t.reset_state()
+
+    def call(self, x, training=False):
+        return self.net(x, training=training)
