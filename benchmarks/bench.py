@@ -26,8 +26,8 @@ size (search.macro / the DARTS_V2 evaluation network) and, for search steps, sea
 What each child builds and times, through the functions the commands use:
 
     search    darts.algorithm.build_search (macro -> supernet -> compiled network -> BilevelSearch with the
-              configuration's two optimisers) and train.steps.training_step over uint8 (train, val)
-              batches, as `tfnas search` runs it.
+              configuration's two optimisers) and search.runner.training_step over uint8 (train, val)
+              batches (search.augmentation included), as `tfnas search` runs it.
     infer     the same search network (no optimisers) in train.steps.inference_function, as the
               evaluation's test pass runs it.
     eval      the DARTS_V2 evaluation network from architectures.resolve and evaluation.build_trainer
@@ -354,17 +354,22 @@ def child_search(c: Child) -> None:
     macro = cfg.search.macro
     macro.channels, macro.cells, macro.nodes, macro.stem_multiplier = spec["channels"], spec["cells"], NODES, \
         STEM_MULTIPLIER
+    cfg.search.trainer.batch_size = batch
     if search:
         cfg.search.darts.order = c.result["order"]
     assert len(cfg.search.darts.primitives) == 8, list(cfg.search.darts.primitives)
     tf, _ = child_imports(c, cfg)
     from tfnas import macro as macro_lib, runtime
+    from tfnas.search import runner
     from tfnas.search.darts.algorithm import build_search
     from tfnas.train import steps as steps_lib
 
     runtime.seed_everything(cfg)
+    aug = cfg.search.augmentation
     c.result.update(lead_edges_apart=cfg.search.darts.lead_edges_apart,
-                    recompute_depthwise=cfg.search.darts.recompute_depthwise)
+                    recompute_depthwise=cfg.search.darts.recompute_depthwise,
+                    search_augmentation=dict(crop_padding=aug.crop_padding, horizontal_flip=aug.horizontal_flip,
+                                             cutout=aug.cutout))
     # Fixed random uint8 batches (search: two (train, val) pairs, alternated), numpy-seeded.
     pairs = uint8_batches(int(cfg.seed), batch, 4)
     batches = ([(*pairs[0], *pairs[1]), (*pairs[2], *pairs[3])] if search else [(x,) for x, _ in pairs[:2]])
@@ -379,8 +384,7 @@ def child_search(c: Child) -> None:
     c.save()
 
     if search:
-        step = steps_lib.training_step(searcher.train_step, batch, IMAGE_SHAPE, mean, std, streams=2,
-                                       jit_compile=c.result["xla"])
+        step = runner.training_step(cfg, searcher, IMAGE_SHAPE, mean, std, streams=2, jit_compile=c.result["xla"])
 
         def run(i):
             loss = float(step(*batches[i % len(batches)])["loss"].numpy())  # forces the step to finish

@@ -146,7 +146,8 @@ def test_cli_run_end_to_end_and_errors(tmp_path):
     args = ["run", "--out", str(tmp_path / "run"), "-q", *[a for kv in tiny for a in ("--set", kv)]]
     result = CliRunner().invoke(cli.main, args)
     assert result.exit_code == 0, result.output
-    for path in ("search/final_desc.pbtxt", "eval/final_weights.index", "export/tfnas/1/saved_model.pb"):
+    for path in ("search/final_desc.pbtxt", "search/final_cells.png", "eval/final_weights.index",
+                 "export/tfnas/1/saved_model.pb"):
         assert (tmp_path / "run" / path).exists(), path
     again = CliRunner().invoke(cli.main, args)  # finished phases are not rerun
     assert again.exit_code == 0 and "done: test accuracy" in again.output

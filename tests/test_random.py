@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from click.testing import CliRunner
 
-from tfnas import cli, config, macro, rundir
+from tfnas import checkpoints, cli, config, macro, rundir
 from tfnas.proto import descriptors_pb2 as pb
 from tfnas.search import random as random_lib
 from tfnas.search.random import algorithm as random_algorithm
@@ -63,10 +63,10 @@ def test_same_seed_same_files_other_seed_other_trials(tmp_path):
     runner.search(tiny("seed=8"), tmp_path / "c", verbose=0)
     read = lambda d, f: (tmp_path / d / f).read_bytes()  # noqa: E731
     assert read("a", rundir.FINAL_DESC) == read("b", rundir.FINAL_DESC)
-    assert read("a", random_algorithm.TRIALS_FILE) == read("b", random_algorithm.TRIALS_FILE)
-    lines = read("a", random_algorithm.TRIALS_FILE).decode().splitlines()
+    assert read("a", rundir.TRIALS) == read("b", rundir.TRIALS)
+    lines = read("a", rundir.TRIALS).decode().splitlines()
     assert lines[0].split("\t") == list(random_algorithm.TSV_COLUMNS) and len(lines) == 4
-    genotypes_of = lambda d: [x.split("\t")[-1] for x in read(d, random_algorithm.TRIALS_FILE).decode().splitlines()[1:]]  # noqa: E731
+    genotypes_of = lambda d: [x.split("\t")[-1] for x in read(d, rundir.TRIALS).decode().splitlines()[1:]]  # noqa: E731
     assert genotypes_of("a") != genotypes_of("c")
     # The best trial is the final descriptor, and every run file is there.
     rows = [x.split("\t") for x in lines[1:]]
@@ -97,7 +97,7 @@ def test_a_search_killed_inside_a_trial_resumes_to_the_same_result(tmp_path):
     full = subprocess.run(_search_command(tmp_path / "full"), capture_output=True, text=True, env=env, timeout=600)
     assert full.returncode == 0, full.stderr
     cut = tmp_path / "cut"
-    state = cut / "checkpoints" / random_algorithm.loop_key(1) / "state.json"
+    state = cut / "checkpoints" / checkpoints.random_trial_key(1) / "state.json"
     proc = subprocess.Popen(_search_command(cut), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 600
     try:
@@ -112,10 +112,10 @@ def test_a_search_killed_inside_a_trial_resumes_to_the_same_result(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert not (cut / rundir.FINAL_DESC).exists()
-    assert (cut / "checkpoints" / random_algorithm.loop_key(0) / random_algorithm.RESULT_FILE).exists()
+    assert (cut / "checkpoints" / checkpoints.random_trial_key(0) / random_algorithm.RESULT_FILE).exists()
     again = subprocess.run(_search_command(cut), capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0, again.stderr
-    for name in (rundir.FINAL_DESC, random_algorithm.TRIALS_FILE):
+    for name in (rundir.FINAL_DESC, rundir.TRIALS):
         assert (cut / name).read_bytes() == (tmp_path / "full" / name).read_bytes(), name
 
 

@@ -6,7 +6,8 @@ iterations (and, if asked, every N steps inside one); when it starts and finds i
 its state, its iteration and its data position, and continues. A finished loop writes a `done` marker,
 so a resumed outer loop skips it. Keys are built only here, so they can be listed in one place:
 
-    search                 the DARTS / random-search arch-training loop
+    search                 the DARTS search (arch-training) loop
+    search/random/trial-<i> random-search trial i (its result.json beside it once scored)
     petridish/<i>/pretrain PetriDish iteration i, pre-training
     petridish/<i>/search   PetriDish iteration i, arch-training
     eval                   evaluation training from scratch
@@ -23,6 +24,10 @@ from tfnas.files import write_atomic
 
 SEARCH = "search"
 EVAL = "eval"
+
+
+def random_trial_key(trial: int) -> str:
+    return f"{SEARCH}/random/trial-{trial}"
 
 
 def petridish_key(iteration: int, phase: str) -> str:

@@ -1,7 +1,8 @@
 """Run directories: what each phase writes where, and the check that a resumed run is the same run.
 
-    <search run>/  config.yaml, supernet.pbtxt (the search network with its current alphas),
-                   final_desc.pbtxt, final_cells.png, alpha_history.jsonl, tensorboard/, checkpoints/
+    <search run>/  config.yaml, final_desc.pbtxt, final_cells.png, tensorboard/, checkpoints/; DARTS also
+                   supernet.pbtxt (the search network with its current alphas) and alpha_history.jsonl,
+                   random search trials.tsv (one line per trial)
     <eval run>/    config.yaml, model_desc.pbtxt (the network trained), dataset.json (normalisation and
                    class names, which the export needs), metrics.json, final_weights.*, tensorboard/,
                    checkpoints/
@@ -21,6 +22,7 @@ SUPERNET_DESC = "supernet.pbtxt"
 FINAL_DESC = "final_desc.pbtxt"
 FINAL_CELLS = "final_cells.png"
 ALPHA_HISTORY = "alpha_history.jsonl"
+TRIALS = "trials.tsv"
 MODEL_DESC = "model_desc.pbtxt"
 DATASET_INFO = "dataset.json"
 METRICS = "metrics.json"

@@ -33,6 +33,16 @@ def search_options(config: config_pb2.ExperimentConfig) -> pb.CompilerOptions:
     return options
 
 
+def training_step(config: config_pb2.ExperimentConfig, trainer, image_shape: Sequence[int], mean, std,
+                  streams: int, jit_compile: bool = False):
+    """A search's traced step: `streams` uint8 batches, each augmented by search.augmentation (seeded by
+    the trainer's step count) and normalised, into `trainer.train_step` (what the benchmark times too)."""
+    s = config.search
+    return steps_lib.training_step(trainer.train_step, s.trainer.batch_size, image_shape, mean, std,
+                                   streams=streams, augmentation=s.augmentation, seed=int(config.seed),
+                                   counter=trainer.step_counter, jit_compile=jit_compile)
+
+
 class SearchRun:
     """What an algorithm searches with: data, macro descriptor, loops, checkpoints, TensorBoard, files."""
 
@@ -76,9 +86,7 @@ class SearchRun:
         every search.trainer.checkpoint_every_steps), marked done at the end. Every stream's batches are
         augmented by search.augmentation. Returns (the last logs, whether the loop is done)."""
         s = self.config.search
-        step = steps_lib.training_step(trainer.train_step, s.trainer.batch_size, self.dataset.image_shape,
-                                       self.mean, self.std, streams=len(streams), augmentation=s.augmentation,
-                                       seed=self.seed, counter=trainer.step_counter)
+        step = training_step(self.config, trainer, self.dataset.image_shape, self.mean, self.std, len(streams))
         loop_ckpt = checkpoints.LoopCheckpoint(self.out, key, net=checkpoints.named_variables(net),
                                                metrics=checkpoints.metric_variables(trainer.trackers),
                                                **trainer.checkpointed())

@@ -14,9 +14,6 @@ from tfnas.proto import descriptors_pb2 as pb
 from tfnas.search import algorithm as algorithm_lib
 from tfnas.search.algorithm import Algorithm, check
 
-LOOP_KEY = "search"
-
-
 class Darts(Algorithm):
     name = "DARTS"
 
@@ -30,7 +27,7 @@ class Darts(Algorithm):
         algorithm_lib.check_primitives("search.darts.primitives", d.primitives)
 
     def run(self, run) -> pb.ModelDesc | None:
-        from tfnas import rundir
+        from tfnas import checkpoints, rundir
         from tfnas.search import darts
         from tfnas.search.darts.monitor import SearchMonitor
 
@@ -40,7 +37,7 @@ class Darts(Algorithm):
         steps = run.steps_per_epoch([train_stream, val_stream])
         supernet, net, searcher = build_search(run.config, run.macro_desc, steps)
         monitor = SearchMonitor(run.out, run.writer, net, supernet, s.darts.edges_per_node)
-        logs, done = run.train(LOOP_KEY, searcher, net, [train_stream, val_stream], s.trainer.epochs, steps,
+        logs, done = run.train(checkpoints.SEARCH, searcher, net, [train_stream, val_stream], s.trainer.epochs, steps,
                                callbacks=[monitor])
         alphas = {g: v.numpy() for g, v in net.alpha_vars.items()}
         run.save(rundir.SUPERNET_DESC, darts.with_alphas(supernet, alphas))

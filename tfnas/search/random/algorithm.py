@@ -18,13 +18,8 @@ from tfnas.proto import descriptors_pb2 as pb
 from tfnas.search import algorithm as algorithm_lib
 from tfnas.search.algorithm import Algorithm, check
 
-TRIALS_FILE = "trials.tsv"
 RESULT_FILE = "result.json"
 TSV_COLUMNS = ("trial", "val_accuracy", "params", "multiply_adds", "genotype")
-
-
-def loop_key(trial: int) -> str:
-    return f"search/random/trial-{trial}"
 
 
 class RandomSearch(Algorithm):
@@ -42,7 +37,7 @@ class RandomSearch(Algorithm):
         import keras
         import tensorflow as tf
 
-        from tfnas import describe, genotypes
+        from tfnas import checkpoints, describe, genotypes, rundir
         from tfnas.files import write_atomic
         from tfnas.search import random as random_lib
         from tfnas.train import optim
@@ -51,7 +46,7 @@ class RandomSearch(Algorithm):
         s, r = run.config.search, run.config.search.random
         results = []
         for trial in range(r.trials):
-            key = loop_key(trial)
+            key = checkpoints.random_trial_key(trial)
             result_path = run.out / "checkpoints" / key / RESULT_FILE
             if result_path.exists():
                 results.append(json.loads(result_path.read_text()))
@@ -76,7 +71,7 @@ class RandomSearch(Algorithm):
                       "seconds": time.perf_counter() - start}
             write_atomic(result_path, json.dumps(result, indent=1))
             results.append(result)
-            run.save(TRIALS_FILE, trials_tsv(results))
+            run.save(rundir.TRIALS, trials_tsv(results))
             with run.writer.as_default(step=trial + 1):
                 for name in ("val_accuracy", "params", "multiply_adds", "seconds"):
                     tf.summary.scalar(f"trial/{name}", result[name])
@@ -84,7 +79,7 @@ class RandomSearch(Algorithm):
             run.writer.flush()
             if run.verbose:
                 print(f"trial {trial + 1}: val_accuracy {result['val_accuracy']:.4f}")
-        run.save(TRIALS_FILE, trials_tsv(results))
+        run.save(rundir.TRIALS, trials_tsv(results))
         best = max(results, key=lambda x: (x["val_accuracy"], -x["trial"]))
         final = random_lib.sample(run.macro_desc, list(r.primitives), r.edges_per_node, run.seed, best["trial"])
         if run.verbose:
