@@ -26,6 +26,11 @@ SEARCH = "search"
 EVAL = "eval"
 
 
+def loop_dir(run_dir: str | os.PathLike, key: str) -> pathlib.Path:
+    """Where the loop `key` of a run keeps its checkpoints, its state and its done marker."""
+    return pathlib.Path(run_dir) / "checkpoints" / key
+
+
 def random_trial_key(trial: int) -> str:
     return f"{SEARCH}/random/trial-{trial}"
 
@@ -79,7 +84,7 @@ class LoopCheckpoint:
     """The checkpoint of one loop: TF objects plus a small JSON side-car (data positions, epoch)."""
 
     def __init__(self, run_dir: str | os.PathLike, key: str, max_to_keep: int = 2, **objects):
-        self.dir = pathlib.Path(run_dir) / "checkpoints" / key
+        self.dir = loop_dir(run_dir, key)
         self.key = key
         self.checkpoint = tf.train.Checkpoint(**objects)
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.dir), max_to_keep=max_to_keep)

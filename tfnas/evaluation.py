@@ -106,7 +106,7 @@ def evaluate(config: config_pb2.ExperimentConfig, arch: str | pb.ModelDesc, out_
         raise UserError(f"{out} holds the evaluation of another architecture ({out / rundir.MODEL_DESC}); "
                         "use a new --out directory")
     metrics_path = out / rundir.METRICS
-    ckpt_done = out / "checkpoints" / checkpoints.EVAL / "done"
+    ckpt_done = checkpoints.loop_dir(out, checkpoints.EVAL) / "done"
     if ckpt_done.exists() and has_weights(out) and metrics_path.exists():
         finished = json.loads(metrics_path.read_text()).get("final")
         if finished is not None:

@@ -47,7 +47,7 @@ class RandomSearch(Algorithm):
         results = []
         for trial in range(r.trials):
             key = checkpoints.random_trial_key(trial)
-            result_path = run.out / "checkpoints" / key / RESULT_FILE
+            result_path = checkpoints.loop_dir(run.out, key) / RESULT_FILE
             if result_path.exists():
                 results.append(json.loads(result_path.read_text()))
                 continue
