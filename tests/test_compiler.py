@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfnas import architectures, compiler, genotypes, macro, ops
+from tfnas import architectures, compiler, genotypes, macro
 from tfnas.proto import config_pb2
 from tfnas.proto import descriptors_pb2 as pb
 from tfnas.search import darts

@@ -2,7 +2,6 @@
 (tfnas.checkpoints.LoopCheckpoint) on their own: tiny float64 variables, two Keras Mean trackers and two
 small numpy batch streams, all eager, so that every resume point can be checked exactly."""
 import json
-import os
 
 import keras
 import numpy as np

@@ -7,7 +7,7 @@ import tensorflow as tf
 from click.testing import CliRunner
 
 from tfnas import alphas, cli, config, data as data_lib, descriptors, rundir
-from tfnas.search import darts, runner
+from tfnas.search import runner
 
 TINY = ["search.macro.cells=3", "search.macro.nodes=2", "search.macro.channels=4",
         "search.macro.stem_multiplier=2", "search.trainer.epochs=2", "search.trainer.max_steps_per_epoch=3",
