@@ -415,12 +415,10 @@ EVAL_AUGMENTATION = ("eval.augmentation.crop_padding=4", "eval.augmentation.cuto
 
 def build_eval_network(c: Child, cfg):
     """The DARTS_V2 evaluation network (auxiliary tower, drop path), resolved as `tfnas eval` does."""
-    from tfnas import architectures
-    from tfnas.proto import config_pb2
-    macro_cfg = config_pb2.MacroConfig(channels=EVAL_NETWORK["channels"], cells=EVAL_NETWORK["cells"],
-                                       stem_multiplier=STEM_MULTIPLIER, aux_tower=True, aux_weight=0.4)
+    from tfnas import architectures  # its EVAL_MACRO: the DARTS evaluation layout, auxiliary tower 0.4
     c.result.update(arch=EVAL_NETWORK["arch"], channels=EVAL_NETWORK["channels"], cells=EVAL_NETWORK["cells"])
-    return architectures.resolve(EVAL_NETWORK["arch"], macro_cfg, IMAGE_SHAPE, NUM_CLASSES, require_final=True)
+    return architectures.resolve(EVAL_NETWORK["arch"], None, IMAGE_SHAPE, NUM_CLASSES, channels=EVAL_NETWORK["channels"],
+                                 cells=EVAL_NETWORK["cells"], require_final=True)
 
 
 def child_eval_train(c: Child) -> None:

@@ -305,6 +305,13 @@ def load_config(path: str | os.PathLike[str] | None = None,
     return config
 
 
+def default_runtime() -> config_pb2.RuntimeConfig:
+    """The runtime section of configs/default.yaml alone: what commands without a configuration (describe,
+    draw) run with, read without the whole configuration's checks."""
+    data = _read_file(DEFAULT_CONFIG_PATH.resolve(), str(DEFAULT_CONFIG_PATH), (DEFAULT_CONFIG_PATH.resolve(),), {})
+    return json_format.ParseDict(data.get("runtime", {}), config_pb2.RuntimeConfig())
+
+
 def _position(positions: dict[str, str], field: str) -> str | None:
     """Where `field` (or the nearest enclosing key, for list items) was last written."""
     field = field.split("[")[0]

@@ -420,10 +420,15 @@ def prepare_batch(images_uint8: tf.Tensor, mean: Any, std: Any, config: config_p
     """A training batch as the network sees it: uint8 images cropped (black padding, as torchvision pads
     before ToTensor) and flipped, normalised (`preprocess`), then cut out (the square reads 0, the mean
     colour, as the DARTS code's Cutout after Normalize). Without `config`, only normalised."""
-    if config is None or not (config.crop_padding or config.horizontal_flip or config.cutout):
+    if not augments(config):
         return preprocess(images_uint8, mean, std)
     seeds = _augmentation_seeds(seed)
     return _cutout(preprocess(_crop_and_flip(images_uint8, config, seeds), mean, std), config, seeds)
+
+
+def augments(config: config_pb2.AugmentationConfig | None) -> bool:
+    """Whether `config` changes a batch at all (crop, flip or cutout set)."""
+    return config is not None and bool(config.crop_padding or config.horizontal_flip or config.cutout)
 
 
 def _augmentation_seeds(seed: tf.Tensor | int) -> list[tf.Tensor]:

@@ -22,7 +22,7 @@ def configure_threads(runtime: config_pb2.RuntimeConfig | None = None) -> tuple[
     one process, a notebook) they cannot change, and what it has is kept. Returns (inter, intra)."""
     if runtime is None:
         from tfnas import config as config_lib
-        runtime = config_lib.load_config().runtime
+        runtime = config_lib.default_runtime()
     inter = runtime.inter_op_threads or (os.cpu_count() or 0)
     try:
         tf.config.threading.set_inter_op_parallelism_threads(inter)

@@ -28,8 +28,7 @@ def training_step(train_step: Callable, batch_size: int, image_shape: Sequence[i
     DARTS search reads a training and a validation stream). With `augmentation`, every stream's batch is
     augmented (data.prepare_batch) with a seed drawn from (seed, counter, stream): `counter` is the
     trainer's step count, which checkpoints keep, so a resumed run augments as an uninterrupted one."""
-    augmenting = augmentation is not None and bool(augmentation.crop_padding or augmentation.horizontal_flip
-                                                   or augmentation.cutout)
+    augmenting = data_lib.augments(augmentation)
     if augmenting and counter is None:
         raise ValueError("an augmented training step needs the trainer's step counter")
 
