@@ -411,7 +411,8 @@ def test_finalisation_is_the_ops_protocol_plain_edges_are_required():
     final = finalize.finalize(desc, {"normal": alphas}, edges_per_node=1)
     node1 = [(list(e.inputs), e.op.id) for e in final.cells[0].nodes[1].edges]
     assert node1 == [([2], "c0.n1.e2.sep_conv_3x3"), ([0], "c0.n1.fixed")]  # edge order kept
-    assert registry.op_class("skip_connect").finalize_edge(fixed.op, {}) == (fixed.op, None)
-    op, rank = registry.op_class("mixed").finalize_edge(desc.cells[0].nodes[0].edges[1].op, {"normal": alphas})
-    assert op.name == "sep_conv_3x3" and rank == pytest.approx(np.exp(1) / (np.exp(1) + 3))
+    assert registry.op_class("skip_connect").finalize_edge(fixed, {}) == (fixed, None)
+    edge, rank = registry.op_class("mixed").finalize_edge(desc.cells[0].nodes[0].edges[1], {"normal": alphas})
+    op = edge.op
+    assert list(edge.inputs) == [1] and op.name == "sep_conv_3x3" and rank == pytest.approx(np.exp(1) / (np.exp(1) + 3))
     assert op.rank == pytest.approx(rank)  # stored as float32

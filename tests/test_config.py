@@ -276,9 +276,34 @@ def test_the_selected_algorithm_checks_its_own_section(override, message):
     cfg.load_config(None, [override])  # DARTS selected: the random section is not read
 
 
-def test_an_algorithm_that_does_not_exist_yet_is_one_clear_error():
-    assert error(None, ["search.algorithm=PETRIDISH"]) == ("--set search.algorithm=PETRIDISH: search.algorithm: "
-                                                           "PETRIDISH is not implemented yet (available: DARTS, RANDOM)")
+PETRIDISH = ["search.algorithm=PETRIDISH", "search.macro.project_output=true"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("search.petridish.n_search_iter=0", "search.petridish.n_search_iter: must be >= 1, got 0"),
+    ("search.petridish.l1=-0.1", "search.petridish.l1: must be >= 0, got -0.1"),
+    ("search.petridish.kept_candidates=0", "search.petridish.kept_candidates: must be >= 1, got 0"),
+    ("search.petridish.pre_train.epochs=-1", "search.petridish.pre_train.epochs: must be >= 0, got -1"),
+    ("search.petridish.primitives=[none, sep_conv_3x3]", "search.petridish.primitives: unknown operation 'none'"),
+    ("search.macro.project_output=false", "search.macro.project_output: must be true for PETRIDISH"),
+])
+def test_petridish_checks_its_section(override, message):
+    assert error(None, PETRIDISH + [override]).startswith(f"--set {override}: {message}")
+    cfg.load_config(None, PETRIDISH)
+
+
+def test_petridish_budget_pick_needs_a_budget_named_where_it_is_written():
+    message = error(None, PETRIDISH + ["search.petridish.pick=BUDGET"])
+    assert message.endswith("search.petridish.max_multiply_adds: must be > 0 with pick: BUDGET, got 0")
+    assert "default.yaml:" in message  # the budget's own line, not the --set that chose BUDGET
+    cfg.load_config(None, PETRIDISH + ["search.petridish.pick=BUDGET", "search.petridish.max_multiply_adds=1000"])
+
+
+def test_petridish_needs_a_projecting_cell_output_and_says_where_it_is_off():
+    message = error(None, ["search.algorithm=PETRIDISH"])
+    assert message.endswith("search.macro.project_output: must be true for PETRIDISH (a growing cell must keep its "
+                            "output width), got False")
+    assert "default.yaml:" in message  # where the value was written
 
 
 def test_text_format_config(tmp_path):

@@ -120,12 +120,12 @@ def _index_files(d):
 
 
 def test_checkpoint_directory_and_empty_restore(tmp_path):
-    ckpt = LoopCheckpoint(tmp_path, checkpoints.petridish_key(3, "search"), h=_holder([1.0]))
-    assert ckpt.dir == tmp_path / "checkpoints" / "petridish" / "3" / "search"
-    assert ckpt.key == "petridish/3/search"
+    ckpt = LoopCheckpoint(tmp_path, checkpoints.petridish_key(3, "archtrain"), h=_holder([1.0]))
+    assert ckpt.dir == tmp_path / "checkpoints" / "search" / "petridish" / "iter-3" / "archtrain"
+    assert ckpt.key == "search/petridish/iter-3/archtrain"
     assert ckpt.restore() is None and not ckpt.done
     ckpt.save({"epoch": 0})
-    assert (tmp_path / "checkpoints" / "petridish" / "3" / "search" / "state.json").exists()
+    assert (ckpt.dir / "state.json").exists()
     assert LoopCheckpoint(tmp_path, checkpoints.EVAL, h=_holder([0.0])).restore() is None  # other keys are apart
 
 

@@ -8,8 +8,8 @@ so a resumed outer loop skips it. Keys are built only here, so they can be liste
 
     search                 the DARTS search (arch-training) loop
     search/random/trial-<i> random-search trial i (its result.json beside it once scored)
-    petridish/<i>/pretrain PetriDish iteration i, pre-training
-    petridish/<i>/search   PetriDish iteration i, arch-training
+    search/petridish/iter-<i>/pretrain   PetriDish iteration i, pre-training of the parent
+    search/petridish/iter-<i>/archtrain  PetriDish iteration i, arch-training of the grown network
     eval                   evaluation training from scratch
 """
 from __future__ import annotations
@@ -35,10 +35,13 @@ def random_trial_key(trial: int) -> str:
     return f"{SEARCH}/random/trial-{trial}"
 
 
+PETRIDISH_PHASES = ("pretrain", "archtrain")
+
+
 def petridish_key(iteration: int, phase: str) -> str:
-    if phase not in ("pretrain", "search"):
+    if phase not in PETRIDISH_PHASES:
         raise ValueError(f"unknown PetriDish phase {phase!r}")
-    return f"petridish/{iteration}/{phase}"
+    return f"{SEARCH}/petridish/iter-{iteration}/{phase}"
 
 
 def named_variables(model) -> tf.Module:

@@ -70,6 +70,7 @@ class Cell(keras.layers.Layer):
             self.group_edge_ops[layer.desc.id] = tuple(edge.op for _, edge in group)
             self._edge_layers.append(layer)
         self.concat = concat_states(desc)
+        self.post = ops.create(desc.post_op, options) if desc.post_op.name else None
         self.built = True
 
     def call(self, s0, s1, edge_weights=None, drop_rate=None, seed_generator=None, training=False,
@@ -95,14 +96,15 @@ class Cell(keras.layers.Layer):
         for n, node_edges in enumerate(self.edges):
             for inputs, layer, use_drop_path in node_edges:
                 if reads_alphas(layer.desc):
-                    y = layer(states[inputs[0]], weights=edge_weights[layer.desc.alpha_group],
+                    y = layer(*[states[i] for i in inputs], weights=edge_weights[layer.desc.alpha_group],
                               rows=(layer.desc.alpha_index,), **run)[0]
                 else:
                     y = layer(*[states[i] for i in inputs], **run)
                 contribute(n, y, use_drop_path)
             states.append(tf.add_n(pending[n]) if len(pending[n]) > 1 else pending[n][0])
             run_groups(len(states) - 1)
-        return tf.concat([states[i] for i in self.concat], axis=-1)
+        out = tf.concat([states[i] for i in self.concat], axis=-1) if len(self.concat) > 1 else states[self.concat[0]]
+        return out if self.post is None else self.post(out, **run)
 
     def macs(self, h: int, w: int) -> tuple[int, tuple[int, int]]:
         """Multiply-adds of the cell's edges for one example whose preprocessed inputs are h x w, and the
@@ -113,8 +115,9 @@ class Cell(keras.layers.Layer):
         for n, node_edges in enumerate(self.edges):
             node_hw = None
             for inputs, layer, _ in node_edges:
-                total += layer.macs(*state_hw[inputs[0]])
-                node_hw = layer.out_size(*state_hw[inputs[0]])
+                sizes = [state_hw[i] for i in inputs]
+                total += layer.macs_of(sizes)
+                node_hw = layer.out_size_of(sizes)
             for state, group in self.groups.items():
                 for layer, _, targets in group:
                     if any(node == n for node, _ in targets):  # groups read earlier states only
@@ -123,6 +126,8 @@ class Cell(keras.layers.Layer):
         for state, group in self.groups.items():
             total += sum(layer.macs(*state_hw[state]) for layer, _, _ in group)
         out_hw = state_hw[self.concat[0]] if self.concat else (h, w)
+        if self.post is not None:
+            total += self.post.macs(*out_hw)
         return total, out_hw
 
 
@@ -195,8 +200,11 @@ class NasModel(keras.Model):
         return [v for v in self.trainable_variables if id(v) not in alpha_ids]
 
     def edge_weights(self) -> dict:
-        """softmax(alpha) per group, once per forward pass: the edges read their rows of it."""
-        return {group: tf.nn.softmax(alpha, axis=-1) for group, alpha in self.alpha_vars.items()}
+        """Each group's candidate weights, once per forward pass: softmax(alpha) (DARTS) or alpha itself
+        (a LINEAR group: PetriDish); the edges read their rows of it."""
+        linear = pb.AlphaGroupDesc.LINEAR
+        return {group: alpha if self.desc.alpha_groups[group].weighting == linear else tf.nn.softmax(alpha, axis=-1)
+                for group, alpha in self.alpha_vars.items()}
 
     def forward(self, x, training=False, update_statistics=True):
         """(logits, auxiliary logits). `update_statistics=False`: a training pass that normalises by its

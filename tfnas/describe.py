@@ -16,8 +16,7 @@ def describe(desc: pb.ModelDesc, arch: str) -> dict:
     model = compiler.compile_model(desc, options)
     cells = []
     for cell in desc.cells:
-        nodes = [[{"op": f"{e.op.name}({len(e.op.candidates)})" if e.op.candidates else e.op.name,
-                   "inputs": list(e.inputs)} for e in node.edges] for node in cell.nodes]
+        nodes = [[{"op": _op_text(e.op), "inputs": list(e.inputs)} for e in node.edges] for node in cell.nodes]
         cells.append({"id": cell.id, "type": pb.CellType.Name(cell.cell_type).lower(), "channels": cell.channels,
                       "nodes": nodes})
     info = {
@@ -34,9 +33,19 @@ def describe(desc: pb.ModelDesc, arch: str) -> dict:
         "alphas": int(sum(len(a.values) for a in desc.alpha_groups.values())),
         "cells": cells,
     }
-    if not search:
+    if not search and genotypes.is_genotype(desc):
         info["genotype"] = genotypes.format_genotype(genotypes.from_desc(desc))
     return info
+
+
+def _op_text(op: pb.OpDesc) -> str:
+    """`mixed(8)` for a search op and its candidate count; a join with its children and the position in
+    the edge's inputs each reads: `petridish_join[sep_conv_3x3@0, skip_connect@1]`."""
+    if op.candidates:
+        return f"{op.name}({sum(max(len(c.candidates), 1) for c in op.candidates)})"
+    if op.children:
+        return f"{op.name}[{', '.join(f'{c.name}@{c.input_index}' for c in op.children)}]"
+    return op.name
 
 
 def format_text(info: dict) -> str:

@@ -74,7 +74,15 @@ def reads_alphas(op: pb.OpDesc) -> bool:
 
 
 def cell_out_channels(cell: pb.CellDesc) -> int:
+    """The concatenated states' channels, or its projecting output's (`post_op`)."""
+    if cell.post_op.name:
+        return cell.post_op.out_channels
     return len(concat_states(cell)) * cell.channels
+
+
+def op_parts(op: pb.OpDesc) -> list[pb.OpDesc]:
+    """The ops an op is made of: a mixed or PetriDish op's candidates, a join's children."""
+    return [*op.candidates, *op.children]
 
 
 def concat_states(cell: pb.CellDesc) -> list[int]:
@@ -108,6 +116,16 @@ def validate(desc: pb.ModelDesc, where: str = "descriptor") -> None:
             fail(f"{at}: stride must be 1 or 2, got {op.stride}")
         for cand in op.candidates:
             check_op(cand, f"{at}, candidate {cand.name!r}")
+        for child in op.children:
+            check_op(child, f"{at}, child {child.id or child.name!r}")
+
+    def check_parts(op: pb.OpDesc, inputs: int, at: str):
+        """Every part of a multi-input op reads one of its edge's inputs."""
+        for part in op_parts(op):
+            if not 0 <= part.input_index < inputs:
+                fail(f"{at}, part {part.id or part.name}: input_index {part.input_index}, but the edge reads "
+                     f"{inputs} state(s)")
+            check_parts(part, inputs, at)
 
     if len(desc.input_shape) != 3 or min(desc.input_shape) < 1:
         fail(f"input_shape must be [height, width, channels], got {list(desc.input_shape)}")
@@ -131,6 +149,8 @@ def validate(desc: pb.ModelDesc, where: str = "descriptor") -> None:
                 fail(f"{name}, {which}: channel mismatch: out_channels {op.out_channels} != cell channels "
                      f"{cell.channels}")
         for ni, node in enumerate(cell.nodes):
+            if not node.edges:
+                fail(f"{name}, node {ni}: the node has no edges, so it computes nothing")
             for ei, edge in enumerate(node.edges):
                 at = f"{name}, node {ni}, edge {ei}"
                 check_op(edge.op, at)
@@ -143,12 +163,19 @@ def validate(desc: pb.ModelDesc, where: str = "descriptor") -> None:
                 if edge.op.in_channels and edge.op.in_channels != cell.channels:
                     fail(f"{at}: channel mismatch: in_channels {edge.op.in_channels} != cell channels "
                          f"{cell.channels}")
+                check_parts(edge.op, len(edge.inputs), at)
         n_states = 2 + len(cell.nodes)
         for s in concat_states(cell):
             if s < 0 or s >= n_states:
                 fail(f"{name}: concat names state {s}, but the cell has states 0..{n_states - 1}")
         if not concat_states(cell):
             fail(f"{name}: the cell has no nodes and no concat: it outputs nothing")
+        if cell.post_op.name:
+            check_op(cell.post_op, f"{name}, post_op")
+            have = len(concat_states(cell)) * cell.channels
+            if cell.post_op.in_channels != have:
+                fail(f"{name}, post_op: channel mismatch: in_channels {cell.post_op.in_channels} but the concatenated "
+                     f"states have {have}")
     final = cell_out_channels(desc.cells[-1])
     check_op(desc.logits, "logits")
     if desc.logits.in_channels != final:

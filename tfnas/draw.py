@@ -225,6 +225,12 @@ def layout_cell(cell: pb.CellDesc, title: str = "", weights: Mapping[Any, Any] |
     segs: list[tuple[Any, Any, str, str]] = []
     for i, node in enumerate(cell.nodes):
         for e in node.edges:
+            if e.op.children:  # a PetriDish join: each child on its own input, labelled by its op
+                for child in e.op.children:
+                    src = e.inputs[child.input_index]
+                    if src in centre and src < 2 + i:
+                        segs.append((src, 2 + i, child.name, op_family(child.name)))
+                continue
             label, fam = edge_label(e.op, weights)
             for k, src in enumerate(e.inputs):
                 if src in centre and src < 2 + i:
@@ -368,7 +374,7 @@ def draw_cells(desc: pb.ModelDesc, weights: Mapping[Any, Any] | None = None) -> 
     return out
 
 
-def _png_bytes(image: Image.Image) -> bytes:
+def png_bytes(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
@@ -384,7 +390,7 @@ def save(image: Image.Image, path: str | os.PathLike) -> None:
     elif ext in (".jpg", ".jpeg"):
         image.convert("RGB").save(path, format="JPEG", quality=95)
     elif ext == ".svg":
-        data = base64.b64encode(_png_bytes(image)).decode("ascii")
+        data = base64.b64encode(png_bytes(image)).decode("ascii")
         w, h = image.size
         svg = (f'<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
                f'width="{w}" height="{h}" viewBox="0 0 {w} {h}">\n'

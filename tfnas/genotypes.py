@@ -84,6 +84,14 @@ def _templates(desc: pb.ModelDesc) -> tuple[pb.CellDesc, pb.CellDesc]:
     return normal, reduce or normal
 
 
+def is_genotype(desc: pb.ModelDesc) -> bool:
+    """Whether a finalised descriptor's cells can be written as a DARTS genotype: single-input plain edges
+    and no projecting output (a PetriDish descriptor is not one)."""
+    cells = _templates(desc)
+    return all(not c.post_op.name and all(len(e.inputs) == 1 and not reads_alphas(e.op) and not e.op.children
+                                           for n in c.nodes for e in n.edges) for c in cells)
+
+
 def from_desc(desc: pb.ModelDesc) -> Genotype:
     """The genotype of a finalised descriptor: its first normal and first reduction cell."""
     normal, reduce = _templates(desc)
@@ -150,11 +158,26 @@ def _scaled(channels: int, template: pb.CellDesc, cell: pb.CellDesc, at: str) ->
     return channels * cell.channels // template.channels
 
 
+def _copy_op(op: pb.OpDesc, state: int, template: pb.CellDesc, cell: pb.CellDesc, at: str,
+             default_id: str) -> pb.OpDesc:
+    """One finalised op of `template` (reading `state`) as the same op of `cell`, its parts (a join's
+    children) likewise, each reading its own state: id re-based, channels scaled, stride of `cell`'s type."""
+    copied = pb.OpDesc()
+    copied.CopyFrom(op)
+    copied.id = rebase_id(op.id, template, cell) if op.id else default_id
+    copied.in_channels = _scaled(op.in_channels, template, cell, at)
+    copied.out_channels = _scaled(op.out_channels, template, cell, at)
+    if cell.cell_type != template.cell_type and op.stride:
+        copied.stride = macro_lib.edge_stride(cell, state)
+    return copied
+
+
 def copy_cell(template: pb.CellDesc, cell: pb.CellDesc) -> None:
-    """Replaces `cell`'s nodes and concat by those of the finalised `template` (any number of edges per node,
-    edges of any number of inputs), each op keeping its rank and its id re-based onto the cell
-    (`rebase_id`), its channels scaled to the cell's and, where the cell is of another type, its stride
-    that of the cell's edges from its first input. Mixed edges are refused."""
+    """Replaces `cell`'s nodes, concat and projecting output by those of the finalised `template` (any
+    number of edges per node, edges of any number of inputs, joins with their children), each op keeping
+    its rank and its id re-based onto the cell (`rebase_id`), its channels scaled to the cell's and,
+    where the cell is of another type, its stride that of the cell's edges from the state it reads.
+    Mixed and PetriDish search edges are refused."""
     del cell.nodes[:]
     for n, node in enumerate(template.nodes):
         at = f"cell {template.id}, node {n}"
@@ -163,23 +186,27 @@ def copy_cell(template: pb.CellDesc, cell: pb.CellDesc) -> None:
             if reads_alphas(edge.op) or edge.op.candidates:
                 raise DescriptorError(f"{at}, edge {e}: not a finalised edge ({edge.op.name}); only finalised "
                                       "descriptors can be expanded")
-            op = pb.OpDesc()
-            op.CopyFrom(edge.op)
-            op.id = (rebase_id(edge.op.id, template, cell) if edge.op.id else
-                     macro_lib.make_op(cell, n, edge.inputs[0], op.name, suffix=f".{e}").id)
-            op.in_channels = _scaled(op.in_channels, template, cell, f"{at}, edge {e}")
-            op.out_channels = _scaled(op.out_channels, template, cell, f"{at}, edge {e}")
-            if cell.cell_type != template.cell_type and edge.inputs:
-                op.stride = macro_lib.edge_stride(cell, edge.inputs[0])
+            where = f"{at}, edge {e}"
+            op = _copy_op(edge.op, edge.inputs[0] if edge.inputs else 0, template, cell, where,
+                          macro_lib.make_op(cell, n, edge.inputs[0], edge.op.name, suffix=f".{e}").id)
+            del op.children[:]
+            for child in edge.op.children:
+                op.children.append(_copy_op(child, edge.inputs[child.input_index], template, cell, where,
+                                            f"{op.id}.{child.name}"))
             copied.edges.add(op=op, inputs=edge.inputs)
     del cell.concat[:]
     cell.concat.extend(concat_states(template))
+    cell.ClearField("post_op")
+    if template.post_op.name:
+        cell.post_op.CopyFrom(template.post_op)
+        cell.post_op.id = rebase_id(template.post_op.id, template, cell) if template.post_op.id else f"{cell.id}.out"
 
 
 def _check_unique_ids(desc: pb.ModelDesc) -> None:
     seen = set()
     for cell in desc.cells:
-        for op in [cell.s0_op, cell.s1_op] + [e.op for node in cell.nodes for e in node.edges]:
+        edge_ops = [op for node in cell.nodes for e in node.edges for op in (e.op, *e.op.children)]
+        for op in [cell.s0_op, cell.s1_op, cell.post_op] + edge_ops:
             if op.id and op.id in seen:
                 raise DescriptorError(f"cell {cell.id}: op id {op.id!r} is used twice after expansion")
             seen.add(op.id)

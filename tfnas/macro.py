@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from tfnas.descriptors import cell_out_channels, input_channels
+from tfnas.descriptors import cell_out_channels, concat_states, input_channels
 from tfnas.proto import config_pb2
 from tfnas.proto import descriptors_pb2 as pb
 
@@ -39,6 +39,8 @@ def build_macro(macro: config_pb2.MacroConfig, input_shape: Sequence[int], num_c
         for j in range(macro.nodes):
             cell.nodes.add(id=f"c{i}.n{j}")
         cell.concat.extend(range(2, 2 + macro.nodes))
+        if macro.project_output:
+            cell.post_op.CopyFrom(pb.OpDesc(name="project_channels", id=f"c{i}.out"))
     if macro.aux_tower and macro.cells >= 1:
         after = 2 * macro.cells // 3
         desc.aux_towers.add(after_cell=after, loss_weight=macro.aux_weight,
@@ -50,7 +52,12 @@ def build_macro(macro: config_pb2.MacroConfig, input_shape: Sequence[int], num_c
 
 def rewire(desc: pb.ModelDesc) -> pb.ModelDesc:
     """Sets every channel count that follows from the cells' node counts and concat lists: the cell
-    input preprocessing, the auxiliary tower and the classifier. Call after changing any cell's nodes."""
+    input preprocessing, a projecting cell output (to the cell's channels), the auxiliary tower and the
+    classifier. Call after changing any cell's nodes."""
+    for cell in desc.cells:
+        if cell.post_op.name:
+            cell.post_op.in_channels = len(concat_states(cell)) * cell.channels
+            cell.post_op.out_channels = cell.channels
     inputs = input_channels(desc)
     for i, cell in enumerate(desc.cells):
         prev_reduction = i > 0 and desc.cells[i - 1].cell_type == pb.REDUCTION

@@ -2,7 +2,8 @@
 
     <search run>/  config.yaml, final_desc.pbtxt, final_cells.png, tensorboard/, checkpoints/; DARTS also
                    supernet.pbtxt (the search network with its current alphas) and alpha_history.jsonl,
-                   random search trials.tsv (one line per trial)
+                   random search trials.tsv (one line per trial), PetriDish gallery.tsv, gallery.png,
+                   gallery.pbtxt (the same rows as a tfnas.Gallery message) and gallery/<i>.pbtxt
     <eval run>/    config.yaml, model_desc.pbtxt (the network trained), dataset.json (normalisation and
                    class names, which the export needs), metrics.json, final_weights.*, tensorboard/,
                    checkpoints/
@@ -23,6 +24,10 @@ FINAL_DESC = "final_desc.pbtxt"
 FINAL_CELLS = "final_cells.png"
 ALPHA_HISTORY = "alpha_history.jsonl"
 TRIALS = "trials.tsv"
+GALLERY_TSV = "gallery.tsv"
+GALLERY_PNG = "gallery.png"
+GALLERY_STATE = "gallery.pbtxt"
+GALLERY_DIR = "gallery"
 MODEL_DESC = "model_desc.pbtxt"
 DATASET_INFO = "dataset.json"
 METRICS = "metrics.json"

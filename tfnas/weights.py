@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfnas import checkpoints, compiler
+from tfnas.descriptors import op_parts
 from tfnas.proto import descriptors_pb2 as pb
 
 
@@ -89,8 +90,8 @@ def _descriptor_ops(desc: pb.ModelDesc) -> Iterator[pb.OpDesc]:
     """Every op of a descriptor, candidates after their mixed op, in descriptor order."""
     def walk(op):
         yield op
-        for cand in op.candidates:
-            yield from walk(cand)
+        for part in op_parts(op):
+            yield from walk(part)
 
     yield desc.stem
     for cell in desc.cells:
@@ -99,6 +100,8 @@ def _descriptor_ops(desc: pb.ModelDesc) -> Iterator[pb.OpDesc]:
         for node in cell.nodes:
             for edge in node.edges:
                 yield from walk(edge.op)
+        if cell.post_op.name:
+            yield cell.post_op
     for aux in desc.aux_towers:
         yield aux.op
     yield desc.pool
@@ -138,6 +141,14 @@ def op_weights(model: compiler.NasModel) -> dict[str, dict[str, WeightRef]]:
     def edge(layer, edge_ops) -> None:
         if hasattr(layer, "candidate_layouts"):
             mixed(layer, edge_ops)
+        elif hasattr(layer, "parts"):  # a PetriDish op: one mixed op per input
+            put(layer.desc, {})
+            for part in layer.parts:
+                mixed(part, (part.desc,))
+        elif hasattr(layer, "child_layouts"):  # a PetriDish join: its projection, then its children
+            plain(layer)
+            for child, layout in zip(layer.desc.children, layer.child_layouts()):
+                put(child, _refs(layout, 0, 1, child.id))
         else:
             plain(layer)
 
@@ -151,6 +162,8 @@ def op_weights(model: compiler.NasModel) -> dict[str, dict[str, WeightRef]]:
         for groups in cell.groups.values():
             for layer, _, _ in groups:
                 edge(layer, cell.group_edge_ops[layer.desc.id])
+        if cell.post is not None:
+            plain(cell.post)
     for _, _, tower in model.aux:
         plain(tower)
     plain(model.pool)
@@ -193,14 +206,16 @@ def load_source(source: CheckpointSource, options: pb.CompilerOptions) -> compil
 class RestoreReport:
     """What `restore` did, by "op id/weight name": `restored`; `new`: in the model, not in the source;
     `missing`: in the source, not in the model; `reshaped`: same op and name, another shape, not restored
-    ((key, shape in the model, shape in the source)); `conflicts`: a variable that several ops share in
-    the model (the pool BatchNorm of a grouped mixed op) given different values by the source's ops (the
-    last one is kept)."""
+    ((key, shape in the model, shape in the source)); `grown`: restored into the leading part of a weight
+    that is larger on one axis (restore with grow=True; same tuples); `conflicts`: a variable that several
+    ops share in the model (the pool BatchNorm of a grouped mixed op) given different values by the
+    source's ops (the last one is kept)."""
 
     restored: list[str] = dataclasses.field(default_factory=list)
     new: list[str] = dataclasses.field(default_factory=list)
     missing: list[str] = dataclasses.field(default_factory=list)
     reshaped: list[tuple[str, tuple, tuple]] = dataclasses.field(default_factory=list)
+    grown: list[tuple[str, tuple, tuple]] = dataclasses.field(default_factory=list)
     conflicts: list[str] = dataclasses.field(default_factory=list)
 
     def summary(self, show: int = 3) -> str:
@@ -211,20 +226,32 @@ class RestoreReport:
         parts = [f"restored {len(self.restored)} weights"]
         for label, items in (("new", self.new), ("missing", self.missing),
                              ("reshaped", [f"{k} {m} vs {s}" for k, m, s in self.reshaped]),
+                             ("grown", [f"{k} {s} -> {m}" for k, m, s in self.grown]),
                              ("conflicts", self.conflicts)):
             if items:
                 parts.append(f"{len(items)} {label} ({some(items)})")
         return "; ".join(parts)
 
 
-def restore(model: compiler.NasModel, source, strict: bool = True) -> RestoreReport:
+def _grown_axis(have: tuple, given: tuple) -> int | None:
+    """The one axis on which a weight of shape `have` is larger than `given` (all others equal), or None."""
+    if len(have) != len(given):
+        return None
+    differ = [i for i, (a, b) in enumerate(zip(have, given)) if a != b]
+    return differ[0] if len(differ) == 1 and have[differ[0]] > given[differ[0]] else None
+
+
+def restore(model: compiler.NasModel, source, strict: bool = True, grow: bool = False) -> RestoreReport:
     """Copies weights into `model` op id by op id from `source`: another compiled NasModel, or a
     checkpoint (`CheckpointSource`, or a tuple (desc, prefix[, options])).
 
     strict: every weight of `model` must be in the source with its shape, else a one-line ValueError naming
     the first that is not, and nothing is written. Not strict: what matches is restored, the rest is in
-    the report. Grouped and ungrouped compiles of one descriptor, and a supernet and the network finalised
-    from it, restore into each other (the ids are the same; see the module docstring)."""
+    the report. grow: a weight larger than the source's on exactly one axis (a projection that now reads
+    more channels) gets the source's values in its leading part and keeps its own in the rest (a grown
+    cell's new state is concatenated last); with strict, that counts as found. Grouped and ungrouped
+    compiles of one descriptor, and a supernet and the network finalised from it, restore into each other
+    (the ids are the same; see the module docstring)."""
     if not isinstance(source, compiler.NasModel):
         source = load_source(source, model.options)
     have, given = op_weights(model), op_weights(source)
@@ -239,8 +266,13 @@ def restore(model: compiler.NasModel, source, strict: bool = True) -> RestoreRep
                 report.new.append(key)
                 first = first or f"weight {key} is not in the source"
             elif src.shape != ref.shape:
-                report.reshaped.append((key, ref.shape, src.shape))
-                first = first or f"weight {key} has shape {src.shape} in the source, {ref.shape} here"
+                axis = _grown_axis(ref.shape, src.shape) if grow else None
+                if axis is None:
+                    report.reshaped.append((key, ref.shape, src.shape))
+                    first = first or f"weight {key} has shape {src.shape} in the source, {ref.shape} here"
+                    continue
+                plan.append((_leading(ref, axis, src.shape[axis]), src, key))
+                report.grown.append((key, ref.shape, src.shape))
             else:
                 plan.append((ref, src, key))
                 report.restored.append(key)
@@ -251,6 +283,13 @@ def restore(model: compiler.NasModel, source, strict: bool = True) -> RestoreRep
         raise ValueError(f"restore: {first}" + (f" (and {more} more)" if more else ""))
     _write(plan, report)
     return report
+
+
+def _leading(ref: WeightRef, axis: int, size: int) -> WeightRef:
+    """The first `size` entries on `axis` of a whole variable's reference (a grown weight's old part)."""
+    if ref.axis is not None:
+        raise ValueError(f"{ref}: only whole variables can grow")
+    return WeightRef(ref.variable, axis, 0, size)
 
 
 def _write(plan, report: RestoreReport) -> None:

@@ -11,9 +11,10 @@ this package registers them all).
     constants.py        per-graph shared constants
     darts.py            the DARTS candidates and cell preprocessing
     mixed.py            the DARTS mixed op
-    structural.py       stem, pooling, classifier, auxiliary tower
+    petridish.py        the PetriDish candidate op and the join it finalises into
+    structural.py       stem, projecting cell output, pooling, classifier, auxiliary tower
 """
-from tfnas.ops import darts, mixed, structural  # noqa: F401  (registration)
+from tfnas.ops import darts, mixed, petridish, structural  # noqa: F401  (registration)
 from tfnas.ops.registry import OpError, create, is_registered, names
 
 __all__ = ["OpError", "create", "is_registered", "names"]

@@ -104,11 +104,19 @@ class OpLayer(keras.layers.Layer):
         return layout
 
     @classmethod
-    def finalize_edge(cls, desc: pb.OpDesc, alphas) -> tuple[pb.OpDesc, float | None]:
-        """What an edge with this op becomes in the final architecture, and its rank among the node's
-        edges: a plain op stays as it is and is required (None: always kept). Ops that read architecture
-        weights (`alphas`: {alpha group: [edges x candidates]}) override this."""
-        return desc, None
+    def finalize_edge(cls, edge: pb.EdgeDesc, alphas) -> tuple[pb.EdgeDesc, float | None]:
+        """What an edge with this op becomes in the final architecture (its op and the states it reads), and
+        its rank among the node's edges: a plain op stays as it is and is required (None: always kept).
+        Ops that read architecture weights (`alphas`: {alpha group: [edges x candidates]}) override this."""
+        return edge, None
+
+    def macs_of(self, sizes: list[tuple[int, int]]) -> int:
+        """Multiply-adds of one example given the size of each state the edge reads (ops of one input:
+        `macs` at the first)."""
+        return self.macs(*sizes[0])
+
+    def out_size_of(self, sizes: list[tuple[int, int]]) -> tuple[int, int]:
+        return self.out_size(*sizes[0])
 
     def conv_weight(self, name: str, kh: int, kw: int, c_in: int, c_out: int):
         return self.add_weight(name=name, shape=(kh, kw, c_in, c_out),

@@ -25,6 +25,7 @@ from tfnas.ops.channels import tile_channels
 from tfnas.ops.constants import per_graph
 from tfnas.ops.layer import OpLayer, SharedInputs
 from tfnas.ops.registry import create, register
+from tfnas.proto import descriptors_pb2 as pb
 from tfnas.ops.space_to_batch import from_blocks
 
 
@@ -41,12 +42,7 @@ class MixedOp(OpLayer):
         for column, cand in enumerate(desc.candidates):
             if cand.name == "none":
                 continue
-            layer = create(cand, options, self.copies)
-            bn = None
-            if "pool" in cand.name:
-                channels = (cand.out_channels or cand.in_channels) * layer.out_copies
-                bn = BatchNorm(self, f"{cand.name}_bn", channels, affine=False)
-            self.branches.append((column, layer, bn))
+            self.branches.append((column, *candidate_branch(self, cand, options, self.copies, f"{cand.name}_bn")))
         self._layers = [layer for _, layer, _ in self.branches]  # tracked for weights and checkpoints
         self.finish_build()
 
@@ -113,31 +109,47 @@ class MixedOp(OpLayer):
         candidate layer's own and, for a pool, those of the BatchNorm that follows it ("bn_mean",
         "bn_var"). The k edges of a grouped op share that BatchNorm (their pools see one input, so one set
         of statistics): every copy maps to the same variables; a one-copy op has its own."""
-        layouts = {}
-        for column, layer, bn in self.branches:
-            layout = dict(layer.weight_layout())
-            if bn is not None:
-                axis = 0 if layer.out_copies > 1 else None
-                vectors = ([bn.gamma, bn.beta] if bn.affine else []) + [bn.moving_mean, bn.moving_var]
-                for v in vectors:  # "max_pool_3x3_bn_mean" -> "bn_mean"
-                    name = v.name.removeprefix(f"{layer.desc.name}_")
-                    if name in layout:
-                        raise ValueError(f"operation {self.desc.id}: candidate {layer.desc.name} has a weight {name!r}"
-                                         " of its own")
-                    layout[name] = (v, axis)
-            layouts[column] = layout
-        return layouts
+        return {column: branch_layout(layer, bn) for column, layer, bn in self.branches}
 
     @classmethod
-    def finalize_edge(cls, desc, alphas):
+    def finalize_edge(cls, edge, alphas):
         """The strongest candidate other than `none` under the edge's softmax weights (its alpha row), with
         that weight as its rank; on a tie the earlier candidate, as in the reference code."""
+        desc = edge.op
         weights = softmax(np.asarray(alphas[desc.alpha_group], np.float64)[desc.alpha_index])
         column, weight = strongest(weights, [c.name for c in desc.candidates])
-        chosen = type(desc)()
-        chosen.CopyFrom(desc.candidates[column])
-        chosen.rank = weight
+        chosen = pb.EdgeDesc(op=desc.candidates[column], inputs=edge.inputs)
+        chosen.op.rank = weight
         return chosen, weight
+
+
+def candidate_branch(owner: OpLayer, cand: pb.OpDesc, options: pb.CompilerOptions, copies: int, bn_name: str
+                     ) -> tuple[OpLayer, BatchNorm | None]:
+    """A candidate's layer and, for a pool, the non-affine BatchNorm that follows it in the DARTS search
+    space (created on `owner` as `bn_name`). One definition for the mixed op and for the PetriDish join,
+    whose chosen candidates keep their trained weights, pool statistics included."""
+    layer = create(cand, options, copies)
+    bn = None
+    if "pool" in cand.name:
+        bn = BatchNorm(owner, bn_name, (cand.out_channels or cand.in_channels) * layer.out_copies, affine=False)
+    return layer, bn
+
+
+def branch_layout(layer: OpLayer, bn: BatchNorm | None) -> dict:
+    """A candidate branch's weights as in `OpLayer.weight_layout`: the layer's own and its pool BatchNorm's
+    ("bn_mean", "bn_var": the same names wherever the branch lives, so weights restore by op id). Built as
+    k copies, a pool's BatchNorm is shared by the k edges (their pools see one input): every copy maps to
+    the same variables."""
+    layout = dict(layer.weight_layout())
+    if bn is not None:
+        axis = 0 if layer.out_copies > 1 else None
+        vectors = ([bn.gamma, bn.beta] if bn.affine else []) + [bn.moving_mean, bn.moving_var]
+        for v in vectors:  # "max_pool_3x3_bn_mean" -> "bn_mean"
+            name = "bn_" + v.name.rsplit("_", 1)[1]
+            if name in layout:
+                raise ValueError(f"operation {layer.desc.id}: {layer.desc.name} has a weight {name!r} of its own")
+            layout[name] = (v, axis)
+    return layout
 
 
 def _fold_pool_weight(copies: int, channels: int) -> bool:

@@ -1,4 +1,5 @@
-"""Operations outside the cells: stem, global pooling, classifier and the auxiliary tower.
+"""Operations outside the cells' nodes: stem, a cell's projecting output, global pooling, classifier and the
+auxiliary tower.
 
 The stem's BatchNorm is affine in search and evaluation alike, as in the DARTS code; the auxiliary tower
 exists only in evaluation (the compiler leaves it out of search models).
@@ -32,6 +33,24 @@ class Stem(OpLayer):
     def macs(self, h, w):
         oh, ow = self.out_size(h, w)
         return oh * ow * int(np.prod(self.w.shape))
+
+
+@register("project_channels")
+class ProjectChannels(OpLayer):
+    """1x1 conv (no bias) -> BN: a cell's concatenated states projected to a fixed width (CellDesc.post_op,
+    Archai's `proj_channels` for PetriDish), affine in evaluation only, as the cells' other BatchNorms."""
+
+    def __init__(self, desc, options, **kw):
+        super().__init__(desc, options, **kw)
+        self.w = self.conv_weight("kernel", 1, 1, desc.in_channels, desc.out_channels)
+        self.bn = BatchNorm(self, "bn", desc.out_channels, options.affine)
+        self.finish_build()
+
+    def call(self, x, training=False, update_statistics=True):
+        return self.bn(conv2d(x, self.w), training, update_statistics=update_statistics)
+
+    def macs(self, h, w):
+        return h * w * int(np.prod(self.w.shape))
 
 
 @register("global_avg_pool")

@@ -8,7 +8,7 @@ The seed's algorithm (seed 000) is the same for all of them:
 The generic runner (search/runner.py) owns what they share: the configuration, the data and its split,
 the run directory, the keyed resumable loop, checkpoints, TensorBoard, and the files every search run
 writes (final_desc.pbtxt, final_cells.png). An algorithm is one small package (search/darts/,
-search/random/) with its micro builder, its trainer and its finaliser, and this class: `validate` reads
+search/random/, search/petridish/) with its micro builder, its trainer and its finaliser, and this class: `validate` reads
 only its own section of the configuration (TensorFlow-free, called when a configuration is loaded), `run`
 composes the runner's services (SearchRun) into its search and returns the final descriptor.
 """
@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 Algorithm_ = config_pb2.SearchConfig.Algorithm
 
 # search.algorithm -> the module that defines its Algorithm as `ALGORITHM` (imported when needed).
-_MODULES = {Algorithm_.DARTS: "tfnas.search.darts.algorithm", Algorithm_.RANDOM: "tfnas.search.random.algorithm"}
+_MODULES = {Algorithm_.DARTS: "tfnas.search.darts.algorithm", Algorithm_.RANDOM: "tfnas.search.random.algorithm",
+            Algorithm_.PETRIDISH: "tfnas.search.petridish.algorithm"}
 
 
 class Algorithm:

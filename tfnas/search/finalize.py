@@ -1,8 +1,9 @@
 """Finalisation as a protocol of the operations (Archai's `finalize() -> (desc, rank)`).
 
 Every op class says how its edge finalises (`OpLayer.finalize_edge`): a plain op keeps itself and is
-*required* (rank None: always kept); an op that reads architecture weights (the DARTS mixed op) turns
-into the operation those weights choose, with a rank. A node keeps its required edges plus its
+*required* (rank None: always kept); an op that reads architecture weights turns into what those weights
+choose: the DARTS mixed op into its strongest candidate, with a rank; the PetriDish op into a join of its
+strongest (input, candidate) pairs, required, reading only their inputs. A node keeps its required edges plus its
 `edges_per_node` best-ranked ones (ties in edge order), in edge order. No algorithm tests op names here:
 a new kind of searchable op finalises by implementing `finalize_edge`.
 """
@@ -28,8 +29,7 @@ def finalize(desc: pb.ModelDesc, alphas: Mapping[str, np.ndarray], edges_per_nod
         for node in cell.nodes:
             required, ranked = [], []
             for position, edge in enumerate(node.edges):
-                op, rank = registry.op_class(edge.op.name).finalize_edge(edge.op, alphas)
-                chosen = pb.EdgeDesc(op=op, inputs=edge.inputs)
+                chosen, rank = registry.op_class(edge.op.name).finalize_edge(edge, alphas)
                 (required if rank is None else ranked).append((rank, position, chosen))
             best = sorted(ranked, key=lambda r: (-r[0], r[1]))[:edges_per_node]
             kept = sorted(required + best, key=lambda r: r[1])

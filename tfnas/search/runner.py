@@ -34,11 +34,12 @@ def search_options(config: config_pb2.ExperimentConfig) -> pb.CompilerOptions:
 
 
 def training_step(config: config_pb2.ExperimentConfig, trainer, image_shape: Sequence[int], mean, std,
-                  streams: int, jit_compile: bool = False):
-    """A search's traced step: `streams` uint8 batches, each augmented by search.augmentation (seeded by
-    the trainer's step count) and normalised, into `trainer.train_step` (what the benchmark times too)."""
+                  streams: int, jit_compile: bool = False, batch_size: int | None = None):
+    """A search's traced step: `streams` uint8 batches (of search.trainer.batch_size unless given), each
+    augmented by search.augmentation (seeded by the trainer's step count) and normalised, into
+    `trainer.train_step` (what the benchmark times too)."""
     s = config.search
-    return steps_lib.training_step(trainer.train_step, s.trainer.batch_size, image_shape, mean, std,
+    return steps_lib.training_step(trainer.train_step, batch_size or s.trainer.batch_size, image_shape, mean, std,
                                    streams=streams, augmentation=s.augmentation, seed=int(config.seed),
                                    counter=trainer.step_counter, jit_compile=jit_compile)
 
@@ -66,33 +67,41 @@ class SearchRun:
             self._writer = tf.summary.create_file_writer(str(self.out / rundir.TENSORBOARD))
         return self._writer
 
-    def stream(self, split: tuple[np.ndarray, np.ndarray], seed: int) -> data_lib.BatchStream:
-        """Batches of search.trainer.batch_size from `split`, in an order given by `seed` alone."""
-        return data_lib.BatchStream(*split, self.config.search.trainer.batch_size, seed=seed)
+    def stream(self, split: tuple[np.ndarray, np.ndarray], seed: int,
+               trainer: config_pb2.TrainerConfig | None = None) -> data_lib.BatchStream:
+        """Batches of `trainer`'s batch size (default: search.trainer) from `split`, in an order given by
+        `seed` alone."""
+        trainer = trainer or self.config.search.trainer
+        return data_lib.BatchStream(*split, trainer.batch_size, seed=seed)
 
-    def steps_per_epoch(self, streams: Sequence[data_lib.BatchStream]) -> int:
-        """One pass over the shortest stream, capped by search.trainer.max_steps_per_epoch."""
+    def steps_per_epoch(self, streams: Sequence[data_lib.BatchStream],
+                        trainer: config_pb2.TrainerConfig | None = None) -> int:
+        """One pass over the shortest stream, capped by `trainer`'s max_steps_per_epoch (default:
+        search.trainer's)."""
         steps = min(s.steps_per_epoch for s in streams)
-        cap = self.config.search.trainer.max_steps_per_epoch
+        cap = (trainer or self.config.search.trainer).max_steps_per_epoch
         return min(steps, cap) if cap else steps
 
     def compile(self, desc: pb.ModelDesc) -> compiler.NasModel:
         return compiler.compile_model(desc, search_options(self.config))
 
     def train(self, key: str, trainer, net: compiler.NasModel, streams: Sequence[data_lib.BatchStream],
-              epochs: int, steps: int, callbacks: Sequence[EpochCallback] = ()) -> tuple[dict, bool]:
+              epochs: int, steps: int, callbacks: Sequence[EpochCallback] = (),
+              trainer_config: config_pb2.TrainerConfig | None = None) -> tuple[dict, bool]:
         """Trains `trainer` (train_step, trackers, reset_trackers, step_counter, checkpointed()) for `epochs`
-        as the keyed loop `key`: resumed from its checkpoint if it has one, saved at every epoch end (and
-        every search.trainer.checkpoint_every_steps), marked done at the end. Every stream's batches are
-        augmented by search.augmentation. Returns (the last logs, whether the loop is done)."""
-        s = self.config.search
-        step = training_step(self.config, trainer, self.dataset.image_shape, self.mean, self.std, len(streams))
+        as the keyed loop `key`: resumed from its checkpoint if it has one (a finished loop only restores
+        its final state), saved at every epoch end (and every checkpoint_every_steps of `trainer_config`,
+        default search.trainer), marked done at the end. Every stream's batches are augmented by
+        search.augmentation. Returns (the last logs, whether the loop is done)."""
+        cfg = trainer_config or self.config.search.trainer
+        step = training_step(self.config, trainer, self.dataset.image_shape, self.mean, self.std, len(streams),
+                             batch_size=streams[0].batch_size)
         loop_ckpt = checkpoints.LoopCheckpoint(self.out, key, net=checkpoints.named_variables(net),
                                                metrics=checkpoints.metric_variables(trainer.trackers),
                                                **trainer.checkpointed())
         with runtime.training_graph_options(self.config.runtime.graph_optimizer):
             logs = run_loop(step, streams, epochs, steps, loop_ckpt, trainer.reset_trackers, callbacks=callbacks,
-                            checkpoint_every_steps=s.trainer.checkpoint_every_steps, verbose=self.verbose,
+                            checkpoint_every_steps=cfg.checkpoint_every_steps, verbose=self.verbose,
                             stop_after_steps=self.stop_after_steps)
         return logs, loop_ckpt.done
 

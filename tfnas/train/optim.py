@@ -84,8 +84,11 @@ def make_optimizer(cfg: config_pb2.OptimizerConfig, epochs: int, steps_per_epoch
     raise ValueError(f"optimizer kind {cfg.kind} is not supported")
 
 
-def prepare_gradients(grads: list, variables: list, cfg: config_pb2.OptimizerConfig) -> list:
-    """Clip by global norm (if configured), then add the coupled L2 weight decay: DARTS's order.
+def prepare_gradients(grads: list, variables: list, cfg: config_pb2.OptimizerConfig,
+                      decayed: int | None = None) -> list:
+    """Clip by global norm (if configured), then add the coupled L2 weight decay: DARTS's order. The decay
+    applies to the first `decayed` variables (default: all; PetriDish's candidate weights have an L1
+    penalty in the loss instead).
 
     The clipping is tf.clip_by_global_norm's arithmetic (the same scale, NaN when the norm is not
     finite) without its Identity op per tensor, and the decay factor is one constant, not one per
@@ -98,7 +101,9 @@ def prepare_gradients(grads: list, variables: list, cfg: config_pb2.OptimizerCon
     if cfg.weight_decay > 0:
         decay = tf.constant(cfg.weight_decay, tf.float32)
         # On the tf.Variable inside each Keras variable: its operators trace several times faster.
-        grads = [g + decay * getattr(v, "value", v) for g, v in zip(grads, variables)]
+        n = len(grads) if decayed is None else decayed
+        grads = [None if g is None else g + decay * getattr(v, "value", v)
+                 for g, v in zip(grads[:n], variables[:n])] + list(grads[n:])
     return grads
 
 

@@ -1,0 +1,188 @@
+"""The PetriDish loop itself (algorithm.py has its outline): models, warm starts, loops, the gallery."""
+from __future__ import annotations
+
+import numpy as np
+
+from tfnas import checkpoints, compiler, describe, descriptors, draw, rundir
+from tfnas.proto import config_pb2, search_pb2
+from tfnas.proto import descriptors_pb2 as pb
+from tfnas.search import petridish
+from tfnas.search.petridish import gallery as gallery_lib
+
+Pick = config_pb2.PetridishConfig.Pick
+
+
+def phase_seed(seed: int, iteration: int, phase: str) -> int:
+    """The seed of one loop's new weights and data order: (seed, iteration, phase) alone."""
+    return int(np.random.default_rng([seed, iteration, checkpoints.PETRIDISH_PHASES.index(phase)]).integers(2**31 - 1))
+
+
+def warm_start(net: compiler.NasModel, parent: compiler.NasModel | None, grow: bool):
+    """Gives `net` every weight of `parent` by op id; with `grow`, weights that grew on one axis keep the
+    parent's values in front. Every weight of the parent must find its place (a PetriDish rebuild drops
+    nothing), and only the new ops' weights stay as initialised. Returns the restore report (None
+    without a parent)."""
+    from tfnas import weights
+    if parent is None:
+        return None
+    report = weights.restore(net, parent, strict=False, grow=grow)
+    if report.missing or report.reshaped:
+        lost = report.missing + [k for k, _, _ in report.reshaped]
+        raise ValueError(f"PetriDish rebuild of {net.desc.source or 'the model'} loses parent weights: "
+                         f"{', '.join(lost[:5])}")
+    return report
+
+
+class PetridishSearch:
+    """One PetriDish search on a SearchRun (search/runner.py)."""
+
+    def __init__(self, run):
+        self.run = run
+        self.config = run.config
+        self.p = run.config.search.petridish
+        self.gallery = search_pb2.Gallery()
+        path = run.out / rundir.GALLERY_STATE
+        if path.exists():  # rows of finalised models are kept: a resumed search does not re-measure them
+            descriptors.from_bytes(path.read_bytes(), self.gallery, "text", str(path))
+
+    # --- the loop ---------------------------------------------------------------------------------------
+
+    def search(self) -> pb.ModelDesc | None:
+        p, run = self.p, self.run
+        desc = petridish.seed_model(run.macro_desc, skip=not p.empty_seed)
+        desc.source = f"petridish search ({self.config.name or 'unnamed'})"
+        parent = None
+        for i in range(1, p.n_search_iter + 1):
+            if p.pre_train.epochs > 0 and petridish.needs_pre_training(desc, i):
+                parent = self.pre_train(desc, parent, i)
+                if parent is None:
+                    return None
+                self.record(i, "pretrain", desc, parent)
+            grown = petridish.grow(desc, i, list(p.primitives), p.kept_candidates, p.candidate_init_scale, run.seed)
+            grown.source = desc.source
+            result = self.arch_train(grown, parent, i)
+            if result is None:
+                return None
+            desc, parent = result
+            self.record(i, "search", desc, parent)
+            self.summarise(i)
+        return self.pick()
+
+    def compile(self, desc: pb.ModelDesc, iteration: int, phase: str) -> compiler.NasModel:
+        import keras
+        keras.utils.set_random_seed(phase_seed(self.run.seed, iteration, phase))  # the new weights' values
+        return self.run.compile(desc)
+
+    def pre_train(self, desc, parent, i: int):
+        """The parent trained for pre_train.epochs (the seed's train(model, pre_train_epochs)); None if
+        the loop stopped early on purpose."""
+        from tfnas.train import optim
+        from tfnas.train.supervised import SupervisedTrainer
+
+        run, pre = self.run, self.p.pre_train
+        net = self.compile(desc, i, "pretrain")
+        warm_start(net, parent, grow=False)
+        stream = run.stream(run.weight_split, phase_seed(run.seed, i, "pretrain"), pre)
+        steps = run.steps_per_epoch([stream], pre)
+        trainer = SupervisedTrainer(net, optim.make_optimizer(pre.optimizer, pre.epochs, steps, "optimizer"),
+                                    pre.optimizer)
+        if run.verbose:
+            print(f"PetriDish iteration {i}/{self.p.n_search_iter}: pre-training ({petridish.nodes_per_cell(desc)} "
+                  "nodes per cell)")
+        _, done = run.train(checkpoints.petridish_key(i, "pretrain"), trainer, net, [stream], pre.epochs, steps,
+                            trainer_config=pre)
+        return net if done else None
+
+    def arch_train(self, grown, parent, i: int):
+        """(finalised descriptor, finalised model with the trained weights), or None if stopped early."""
+        from tfnas import weights
+        from tfnas.ops.petridish import PetriDishJoin
+        from tfnas.train import optim
+        from tfnas.train.supervised import SupervisedTrainer
+
+        run, s = self.run, self.config.search
+        net = self.compile(grown, i, "archtrain")
+        warm_start(net, parent, grow=True)
+        stream = run.stream(run.weight_split, phase_seed(run.seed, i, "archtrain"))
+        steps = run.steps_per_epoch([stream])
+        trainer = SupervisedTrainer(net, optim.make_optimizer(s.trainer.optimizer, s.trainer.epochs, steps,
+                                                              "optimizer"), s.trainer.optimizer, l1=self.p.l1)
+        if run.verbose:
+            print(f"PetriDish iteration {i}/{self.p.n_search_iter}: arch-training node {i} of every cell")
+        _, done = run.train(checkpoints.petridish_key(i, "archtrain"), trainer, net, [stream], s.trainer.epochs,
+                            steps)
+        if not done:
+            return None
+        alphas = {g: v.numpy() for g, v in net.alpha_vars.items()}
+        final_desc = petridish.finalize(grown, alphas)
+        final = self.compile(final_desc, i, "archtrain")
+        report = weights.restore(final, net, strict=False)  # the chosen candidates keep their weights
+        new_ops = {key.split("/")[0] for key in report.new}
+        for cell in final.cells:
+            for _, layer, _ in (e for node in cell.edges for e in node):
+                if isinstance(layer, PetriDishJoin) and layer.desc.id in new_ops:
+                    layer.start_as_sum()
+        return final_desc, final
+
+    # --- the gallery ------------------------------------------------------------------------------------
+
+    def record(self, iteration: int, phase: str, desc: pb.ModelDesc, net: compiler.NasModel) -> None:
+        """Adds (or, resumed, finds) the gallery row of a finalised model and writes the gallery files."""
+        run = self.run
+        for entry in self.gallery.entries:
+            if entry.iteration == iteration and entry.phase == phase:
+                return
+        size = describe.describe(desc, phase)  # what `tfnas describe` reports of it
+        error = 1.0 - run.accuracy(net, run.arch_split)
+        entry = self.gallery.entries.add(index=len(self.gallery.entries), iteration=iteration, phase=phase,
+                                         nodes=petridish.nodes_per_cell(desc), params=size["params"],
+                                         multiply_adds=size["multiply_adds"], val_error=error)
+        run.save(f"{rundir.GALLERY_DIR}/{entry.index}.pbtxt", desc)
+        points = gallery_lib.gallery_points(self.gallery)
+        hull = gallery_lib.lower_hull(points)
+        run.save(rundir.GALLERY_TSV, gallery_lib.gallery_tsv(self.gallery, hull))
+        title = f"PetriDish gallery: {self.config.name or 'unnamed'}"
+        run.save(rundir.GALLERY_PNG, draw.png_bytes(gallery_lib.plot(self.gallery, hull, title)))
+        run.save(rundir.GALLERY_STATE, descriptors.to_bytes(self.gallery, "text"))  # last: the row is recorded
+        if run.verbose:
+            print(f"gallery #{entry.index}: iteration {iteration} {phase}, {entry.nodes} nodes, "
+                  f"{entry.multiply_adds:,} multiply-adds, val_error {error:.4f}")
+
+    def summarise(self, iteration: int) -> None:
+        """TensorBoard: one step per iteration."""
+        import tensorflow as tf
+        rows = {e.phase: e for e in self.gallery.entries if e.iteration == iteration}
+        hull = gallery_lib.lower_hull(gallery_lib.gallery_points(self.gallery))
+        with self.run.writer.as_default(step=iteration):
+            for phase, e in rows.items():
+                tf.summary.scalar(f"petridish/{phase}/val_error", e.val_error)
+                tf.summary.scalar(f"petridish/{phase}/multiply_adds", e.multiply_adds)
+                tf.summary.scalar(f"petridish/{phase}/params", e.params)
+            tf.summary.scalar("petridish/nodes", rows["search"].nodes)
+            tf.summary.scalar("petridish/hull_models", len(hull))
+            tf.summary.scalar("petridish/best_val_error", min(e.val_error for e in self.gallery.entries))
+        self.run.writer.flush()
+
+    def pick(self) -> pb.ModelDesc:
+        """The final descriptor: the last model, or the hull's knee, or the best hull model in the budget."""
+        p, run = self.p, self.run
+        entries = list(self.gallery.entries)
+        points = gallery_lib.gallery_points(self.gallery)
+        hull = gallery_lib.lower_hull(points)
+        chosen = len(entries) - 1
+        if p.pick == Pick.HULL_KNEE:
+            chosen = gallery_lib.knee(points, hull)
+        elif p.pick == Pick.BUDGET:
+            within = gallery_lib.within_budget(points, hull, p.max_multiply_adds)
+            if within is None:
+                within = min(hull, key=lambda k: points[k][0])
+                print(f"warning: no hull model of the gallery has at most {p.max_multiply_adds:,} multiply-adds; "
+                      f"picked the cheapest, gallery #{entries[within].index} ({entries[within].multiply_adds:,})")
+            chosen = within
+        entry = entries[chosen]
+        final = descriptors.load_model_desc(run.out / rundir.GALLERY_DIR / f"{entry.index}.pbtxt")
+        final.source = f"{final.source}, gallery #{entry.index}"
+        if run.verbose:
+            print(f"picked gallery #{entry.index} ({Pick.Name(p.pick).lower()}): iteration {entry.iteration} "
+                  f"{entry.phase}, val_error {entry.val_error:.4f}, {entry.multiply_adds:,} multiply-adds")
+        return final
