@@ -120,7 +120,7 @@ def test_a_search_killed_inside_a_trial_resumes_to_the_same_result(tmp_path):
 
 
 @pytest.mark.parametrize("override,message", [
-    ("search.algorithm=PETRIDISH", "search.algorithm: PETRIDISH is not implemented yet"),
+    ("search.algorithm=ENAS", "search.algorithm: expected one of DARTS, RANDOM, PETRIDISH, got 'ENAS'"),
     ("search.random.trials=0", "search.random.trials: must be >= 1, got 0"),
     ("search.random.edges_per_node=3", "search.random.edges_per_node: must be 1 or 2"),
     ("search.random.primitives=[sep_conv_3x3,conv_9x9]", "search.random.primitives: unknown operation 'conv_9x9'"),

@@ -48,6 +48,23 @@ def _op_text(op: pb.OpDesc) -> str:
     return op.name
 
 
+def cells_line(desc: pb.ModelDesc) -> str:
+    """The found cells on one line: the DARTS genotype where the cells are one, else each first cell of a
+    type node by node (`normal: 2 <- petridish_join[...] (0,1,3); reduction: ...`)."""
+    if genotypes.is_genotype(desc):
+        return genotypes.format_genotype(genotypes.from_desc(desc))
+    seen, parts = set(), []
+    for cell in desc.cells:
+        kind = pb.CellType.Name(cell.cell_type).lower()
+        if kind in seen:
+            continue
+        seen.add(kind)
+        nodes = [f"{2 + n} <- " + " + ".join(f"{_op_text(e.op)} ({','.join(map(str, e.inputs))})" for e in node.edges)
+                 for n, node in enumerate(cell.nodes)]
+        parts.append(f"{kind}: " + "; ".join(nodes))
+    return " | ".join(parts)
+
+
 def format_text(info: dict) -> str:
     lines = [f"{info['arch']}: {info['kind']} network, {info['num_cells']} cells, {info['channels']} channels, "
              f"input {'x'.join(map(str, info['input_shape']))}, {info['num_classes']} classes"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pathlib
 from typing import Callable
 
-from tfnas import evaluation, export as export_lib, genotypes, rundir
+from tfnas import describe, evaluation, export as export_lib, rundir
 from tfnas.proto import config_pb2
 from tfnas.search import runner
 
@@ -22,7 +22,7 @@ def run(config: config_pb2.ExperimentConfig, out_dir: str | pathlib.Path, verbos
     out = pathlib.Path(out_dir)
     echo(f"[1/3] search -> {out / 'search'}")
     final = runner.search(config, out / "search", verbose=verbose)
-    echo(f"found: {genotypes.format_genotype(genotypes.from_desc(final))}")
+    echo(f"found: {describe.cells_line(final)}")
     echo(f"[2/3] evaluation -> {out / 'eval'}")
     metrics = evaluation.evaluate(config, str(out / "search" / rundir.FINAL_DESC), out / "eval", verbose=verbose)
     echo(f"test accuracy {metrics['test_accuracy']:.4f}")
