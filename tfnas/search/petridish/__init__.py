@@ -19,7 +19,10 @@ one type share their candidates' linear weights (one alpha group per type, as DA
 alphas), so that they finalise alike and the result is a cell pair that expands to any depth.
 The cells' outputs are projected to a fixed width (MacroConfig.project_output), so a growing cell
 leaves the cells after it unchanged; the new node's state is concatenated last, so the projection's
-grown weight keeps its old part in front (tfnas.weights.restore with grow=True).
+grown weight keeps its old part in front (tfnas.weights.restore with grow=True). Its new part keeps its
+fresh initialisation rather than zeros: the new state is exactly zero when it joins (stop-forward), so
+those columns cannot change the parent's function whatever they hold, while zero columns would cut the
+candidates off from the loss (the gradient reaching the new state is the columns times the output's).
 """
 from __future__ import annotations
 
