@@ -1,8 +1,6 @@
 """Tests of the resumable training loop (tfnas.train.loop.run_loop) and of the keyed loop checkpoint
 (tfnas.checkpoints.LoopCheckpoint) on their own: tiny float64 variables, two Keras Mean trackers and two
 small numpy batch streams, all eager, so that every resume point can be checked exactly."""
-import json
-
 import keras
 import numpy as np
 import pytest
@@ -11,7 +9,8 @@ import tensorflow as tf
 from tfnas import checkpoints
 from tfnas.checkpoints import LoopCheckpoint
 from tfnas.data import BatchStream
-from tfnas.train.loop import EpochCallback, run_loop
+from tfnas.proto import search_pb2
+from tfnas.train.loop import EpochCallback, TrainingDiverged, run_loop
 
 EPOCHS, STEPS = 2, 3
 TOTAL_STEPS = EPOCHS * STEPS
@@ -54,7 +53,7 @@ class Rig:
         self.cb = Recorder()
         self.crash_at = crash_at
         save = self.ckpt.save
-        self.ckpt.save = lambda state: (self.saves.append((state["epoch"], state["step"])), save(state))[1]
+        self.ckpt.save = lambda state: (self.saves.append((state.epoch, state.step)), save(state))[1]
 
     def step(self, xa, ya, xb, yb):
         if self.crash_at is not None and len(self.seen) + 1 == self.crash_at:
@@ -94,8 +93,24 @@ def _timeless(logs):
     return {k: v for k, v in logs.items() if k != "epoch_seconds"}
 
 
+def _as_dict(state):
+    return {"epoch": state.epoch, "step": state.step,
+            "streams": [{"epoch": s.epoch, "position": s.position} for s in state.streams], "logs": dict(state.logs)}
+
+
 def _state_json(run_dir, key=checkpoints.SEARCH):
-    return json.loads((run_dir / "checkpoints" / key / "state.json").read_text())
+    """The newest LoopState on disk, as a dict (with the checkpoint it names)."""
+    from google.protobuf import text_format
+    files = sorted((run_dir / "checkpoints" / key).glob("ckpt-*.state.pbtxt"),
+                   key=lambda p: int(p.name.split(".")[0].split("-")[1]))
+    state = text_format.Parse(files[-1].read_text(), search_pb2.LoopState())
+    assert state.key == key
+    return {"checkpoint": state.checkpoint, **_as_dict(state)}
+
+
+def _loop_state(**fields):
+    streams = [search_pb2.StreamState(**s) for s in fields.pop("streams", [])]
+    return search_pb2.LoopState(streams=streams, **fields)
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +139,8 @@ def test_checkpoint_directory_and_empty_restore(tmp_path):
     assert ckpt.dir == tmp_path / "checkpoints" / "search" / "petridish" / "iter-3" / "archtrain"
     assert ckpt.key == "search/petridish/iter-3/archtrain"
     assert ckpt.restore() is None and not ckpt.done
-    ckpt.save({"epoch": 0})
-    assert (ckpt.dir / "state.json").exists()
+    ckpt.save(_loop_state(epoch=0))
+    assert (ckpt.dir / "ckpt-1.state.pbtxt").exists() and (ckpt.dir / "ckpt-1.index").exists()
     assert LoopCheckpoint(tmp_path, checkpoints.EVAL, h=_holder([0.0])).restore() is None  # other keys are apart
 
 
@@ -133,14 +148,15 @@ def test_save_then_restore_into_fresh_objects(tmp_path):
     mean = keras.metrics.Mean()
     mean.update_state([2.0, 4.0])
     state = {"epoch": 1, "step": 2, "streams": [{"epoch": 0, "position": 4}], "logs": {"loss": 0.5}}
-    LoopCheckpoint(tmp_path, "k", h=_holder([1.0, 2.0]), metrics=checkpoints.metric_variables({"m": mean})).save(state)
+    LoopCheckpoint(tmp_path, "k", h=_holder([1.0, 2.0]),
+                   metrics=checkpoints.metric_variables({"m": mean})).save(_loop_state(**state))
     on_disk = _state_json(tmp_path, "k")
     assert (tmp_path / "checkpoints" / "k" / f"{on_disk.pop('checkpoint')}.index").exists()
     assert on_disk == state
 
     h, fresh = _holder([0.0, 0.0]), keras.metrics.Mean()
     restored = LoopCheckpoint(tmp_path, "k", h=h, metrics=checkpoints.metric_variables({"m": fresh})).restore()
-    assert restored == state and "checkpoint" not in restored
+    assert _as_dict(restored) == state and restored.checkpoint == "ckpt-1" and restored.key == "k"
     np.testing.assert_array_equal(h.v.numpy(), [1.0, 2.0])
     assert float(fresh.result()) == 3.0           # the tracker's running totals came back, not just a value
     fresh.update_state(6.0)
@@ -148,30 +164,56 @@ def test_save_then_restore_into_fresh_objects(tmp_path):
 
 
 def test_restore_fails_loudly_on_objects_the_checkpoint_lacks(tmp_path):
-    LoopCheckpoint(tmp_path, "k", h=_holder([1.0])).save({"epoch": 0})
+    LoopCheckpoint(tmp_path, "k", h=_holder([1.0])).save(_loop_state(epoch=0))
     with pytest.raises(AssertionError):
         LoopCheckpoint(tmp_path, "k", h=_holder([0.0]), extra=_holder([0.0])).restore()
 
 
-def test_restore_takes_the_checkpoint_state_json_names_and_old_ones_are_pruned(tmp_path):
+def _state_files(d):
+    return sorted(p.name for p in d.glob("*.state.pbtxt"))
+
+
+def test_restore_takes_the_newest_complete_pair_and_old_ones_are_pruned(tmp_path):
     h = _holder([0.0])
     ckpt = LoopCheckpoint(tmp_path, "k", max_to_keep=2, h=h)
     for i in (1, 2, 3):
         h.v.assign([10.0 * i])
-        ckpt.save({"epoch": i})
+        ckpt.save(_loop_state(epoch=i))
     assert _index_files(ckpt.dir) == ["ckpt-2.index", "ckpt-3.index"]
-    assert _state_json(tmp_path, "k") == {"checkpoint": "ckpt-3", "epoch": 3}
+    assert _state_files(ckpt.dir) == ["ckpt-2.state.pbtxt", "ckpt-3.state.pbtxt"]  # pruned with their checkpoints
+    assert _state_json(tmp_path, "k")["checkpoint"] == "ckpt-3"
 
     fresh = _holder([0.0])
-    assert LoopCheckpoint(tmp_path, "k", h=fresh).restore() == {"epoch": 3}    # the last save wins
+    assert LoopCheckpoint(tmp_path, "k", h=fresh).restore().epoch == 3    # the last save wins
     assert fresh.v.numpy()[0] == 30.0
 
-    # A crash after the TF save but before state.json: the state names the previous checkpoint, and
-    # that checkpoint (not the newest one on disk) is what comes back, with its own values.
-    (ckpt.dir / "state.json").write_text(json.dumps({"checkpoint": "ckpt-2", "epoch": 2}))
+    # A crash after the TF save but before its state: the previous pair, complete, is what comes back.
+    (ckpt.dir / "ckpt-3.state.pbtxt").unlink()
     fresh = _holder([0.0])
-    assert LoopCheckpoint(tmp_path, "k", h=fresh).restore() == {"epoch": 2}
+    assert LoopCheckpoint(tmp_path, "k", h=fresh).restore().epoch == 2
     assert fresh.v.numpy()[0] == 20.0
+
+
+@pytest.mark.parametrize("damage", ["truncate-data", "truncate-index", "garbage-state"])
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before_with_a_warning(tmp_path, capsys, damage):
+    h = _holder([0.0])
+    ckpt = LoopCheckpoint(tmp_path, "k", max_to_keep=2, h=h)
+    for i in (1, 2):
+        h.v.assign([float(i)])
+        ckpt.save(_loop_state(epoch=i))
+    victim = {"truncate-data": ckpt.dir / "ckpt-2.data-00000-of-00001", "truncate-index": ckpt.dir / "ckpt-2.index",
+              "garbage-state": ckpt.dir / "ckpt-2.state.pbtxt"}[damage]
+    data = victim.read_bytes()
+    victim.write_bytes(b"epoch: [" if damage == "garbage-state" else data[: len(data) // 2])
+    fresh = _holder([0.0])
+    state = LoopCheckpoint(tmp_path, "k", h=fresh).restore()
+    assert state.epoch == 1 and fresh.v.numpy()[0] == 1.0
+    err = capsys.readouterr().err
+    assert f"warning: {ckpt.dir / 'ckpt-2'}: unreadable checkpoint" in err and "resuming from ckpt-1" in err
+    # Both damaged: a clear error, not a silent fresh start.
+    (ckpt.dir / "ckpt-1.index").write_bytes(b"")
+    with pytest.raises(checkpoints.CheckpointError, match="none of the loop's checkpoints can be read"):
+        LoopCheckpoint(tmp_path, "k", h=_holder([0.0])).restore()
 
 
 def test_a_resumed_checkpoint_keeps_numbering_and_pruning(tmp_path):
@@ -179,16 +221,17 @@ def test_a_resumed_checkpoint_keeps_numbering_and_pruning(tmp_path):
     ckpt = LoopCheckpoint(tmp_path, "k", max_to_keep=2, h=h)
     for i in (1, 2, 3):
         h.v.assign([float(i)])
-        ckpt.save({"epoch": i})
+        ckpt.save(_loop_state(epoch=i))
     h2 = _holder([0.0])
     again = LoopCheckpoint(tmp_path, "k", max_to_keep=2, h=h2)
-    assert again.restore() == {"epoch": 3}
+    assert again.restore().epoch == 3
     h2.v.assign([4.0])
-    again.save({"epoch": 4})
+    again.save(_loop_state(epoch=4))
     assert _index_files(again.dir) == ["ckpt-3.index", "ckpt-4.index"]
     assert _state_json(tmp_path, "k")["checkpoint"] == "ckpt-4"
     fresh = _holder([0.0])
-    assert LoopCheckpoint(tmp_path, "k", h=fresh).restore() == {"epoch": 4} and fresh.v.numpy()[0] == 4.0
+    restored = LoopCheckpoint(tmp_path, "k", h=fresh).restore()
+    assert restored.epoch == 4 and fresh.v.numpy()[0] == 4.0
 
 
 def test_max_to_keep_one_keeps_only_the_last(tmp_path):
@@ -196,18 +239,33 @@ def test_max_to_keep_one_keeps_only_the_last(tmp_path):
     ckpt = LoopCheckpoint(tmp_path, "k", max_to_keep=1, h=h)
     for i in (1, 2, 3):
         h.v.assign([float(i)])
-        ckpt.save({"epoch": i})
+        ckpt.save(_loop_state(epoch=i))
     assert _index_files(ckpt.dir) == ["ckpt-3.index"]
 
 
-def test_done_marker(tmp_path):
-    ckpt = LoopCheckpoint(tmp_path, "petridish/0/pretrain", h=_holder([0.0]))
-    assert not ckpt.done
-    ckpt.mark_done()                                   # works before any save created the directory
-    assert ckpt.done and (tmp_path / "checkpoints" / "petridish" / "0" / "pretrain" / "done").exists()
-    assert LoopCheckpoint(tmp_path, "petridish/0/pretrain", h=_holder([0.0])).done
-    assert not LoopCheckpoint(tmp_path, "petridish/0/search", h=_holder([0.0])).done
-    assert LoopCheckpoint(tmp_path, "petridish/0/pretrain", h=_holder([0.0])).restore() is None  # done is not state
+def test_commit_writes_the_outputs_before_the_done_marker(tmp_path):
+    key = checkpoints.petridish_key(1, "pretrain")
+    ckpt = LoopCheckpoint(tmp_path, key, h=_holder([0.0]))
+    assert not ckpt.done and not checkpoints.is_done(tmp_path, key)
+    seen = []
+
+    def write(out):
+        (out / "result.txt").write_text("42")
+        seen.append(checkpoints.is_done(tmp_path, key))   # not yet done while the outputs are written
+
+    ckpt.commit(write)                                   # works before any save created the directory
+    assert seen == [False] and ckpt.done and checkpoints.is_done(tmp_path, key)
+    assert (checkpoints.outputs_dir(tmp_path, key) / "result.txt").read_text() == "42"
+    assert not checkpoints.is_done(tmp_path, checkpoints.petridish_key(1, "archtrain"))
+    assert LoopCheckpoint(tmp_path, key, h=_holder([0.0])).restore() is None  # done is not state
+
+    def crash(out):
+        raise KeyboardInterrupt("killed while writing outputs")
+
+    other = LoopCheckpoint(tmp_path, "k2", h=_holder([0.0]))
+    with pytest.raises(KeyboardInterrupt):
+        other.commit(crash)
+    assert not other.done                                # half-written outputs never count as done
 
 
 # ---------------------------------------------------------------------------------------------- run_loop
@@ -368,3 +426,36 @@ def test_verbose_progress_bar_on_a_mid_epoch_resume(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "epoch 1/2" in out and "epoch 2/2" in out and "loss" in out
     assert rig.ckpt.done and len(rig.seen) == TOTAL_STEPS - 1
+
+
+def test_a_non_finite_loss_stops_the_loop_and_keeps_the_last_good_checkpoint(tmp_path, reference):
+    rig = Rig(tmp_path)
+
+    def diverging(*batches):
+        logs = rig.step(*batches)
+        return {**logs, "loss": float("nan")} if len(rig.seen) == 5 else logs
+
+    with pytest.raises(TrainingDiverged) as err:
+        run_loop(diverging, rig.streams, EPOCHS, STEPS, rig.ckpt, rig.reset, verbose=0, checkpoint_every_steps=0)
+    assert str(err.value) == (f"search: loss is nan at epoch 2, step 2 (step 5 of the loop); training stopped, the "
+                              f"last good checkpoint, {rig.ckpt.dir / 'ckpt-1'}, is kept")
+    assert rig.saves == [(1, 0)] and not rig.ckpt.done     # nothing of the diverged step was saved
+    again = Rig(tmp_path)
+    again.run()                                            # the kept checkpoint resumes to the right result
+    assert again.values() == reference.values() and again.seen == reference.seen[STEPS:]
+
+
+def test_the_loop_commits_its_outputs_once_before_done(tmp_path, reference):
+    calls = []
+
+    def outputs(out, logs):
+        (out / "total.txt").write_text(str(logs["total"]))
+        calls.append(checkpoints.is_done(tmp_path, checkpoints.SEARCH))
+
+    rig = Rig(tmp_path)
+    rig.run(outputs=outputs)
+    assert calls == [False] and rig.ckpt.done
+    assert float((checkpoints.outputs_dir(tmp_path, checkpoints.SEARCH) / "total.txt").read_text()) == \
+        reference.values()["total"]
+    Rig(tmp_path).run(outputs=outputs)                     # done: restored, nothing run or written again
+    assert calls == [False]

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from click.testing import CliRunner
 
-from tfnas import alphas, cli, config, data as data_lib, descriptors, rundir
+from tfnas import alphas, checkpoints, cli, config, data as data_lib, descriptors, rundir
 from tfnas.search import runner
 
 TINY = ["search.macro.cells=3", "search.macro.nodes=2", "search.macro.channels=4",
@@ -66,8 +66,8 @@ def test_interrupted_search_resumes_to_the_same_result(tmp_path, stop_after):
     runner.search(tiny_config(), tmp_path / "full", verbose=0)
     assert runner.search(tiny_config(), tmp_path / "cut", verbose=0, stop_after_steps=stop_after) is None
     assert not (tmp_path / "cut" / rundir.FINAL_DESC).exists()
-    state = json.loads((tmp_path / "cut" / "checkpoints" / "search" / "state.json").read_text())
-    assert state["epoch"] * 3 + state["step"] == stop_after
+    state = checkpoints.latest_state(tmp_path / "cut", checkpoints.SEARCH)
+    assert state.epoch * 3 + state.step == stop_after
     runner.search(tiny_config(), tmp_path / "cut", verbose=0)
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert (cut / rundir.FINAL_DESC).read_bytes() == (full / rundir.FINAL_DESC).read_bytes()

@@ -1,29 +1,41 @@
 """Keyed checkpoints of the nested search loops (seed 000, "Checkpointing search").
 
-Every loop (a search iteration, pre-training, arch-training, evaluation training) owns one key and keeps
-its own `tf.train.CheckpointManager` under `<run>/checkpoints/<key>/`. A loop saves just after each of its
-iterations (and, if asked, every N steps inside one); when it starts and finds its key, it restores
-its state, its iteration and its data position, and continues. A finished loop writes a `done` marker,
-so a resumed outer loop skips it. Keys are built only here, so they can be listed in one place:
+The loops of a run form a tree; a loop's key is its parent's key and its own name and index. Every loop
+keeps `<run>/checkpoints/<key>/`: a training loop saves just after each of its iterations (epochs, and if
+asked every N steps inside one) a TF checkpoint and a LoopState beside it (protos/.../search.proto); when
+it starts and finds its key, it restores both and continues where it was. A loop ends by committing: its
+outputs (what the loops after it read: a trial's result, a finalised model) go to `outputs/`, then the
+`done` marker, so `is_done` is the one test of completion and a done loop's outputs are always whole.
+Keys are built only here, so they can be listed in one place:
 
-    search                 the DARTS search (arch-training) loop
-    search/random/trial-<i> random-search trial i (its result.json beside it once scored)
-    search/petridish/iter-<i>/pretrain   PetriDish iteration i, pre-training of the parent
-    search/petridish/iter-<i>/archtrain  PetriDish iteration i, arch-training of the grown network
-    eval                   evaluation training from scratch
+    search                                DARTS: the search (arch-training) loop
+    search/random/trial-<i>               random search: trial i (outputs: result.json)
+    search/petridish                      PetriDish: the loop of search iterations
+    search/petridish/iter-<i>/pretrain    its iteration i: pre-training of the parent (outputs: weights)
+    search/petridish/iter-<i>/archtrain   its iteration i: arch-training and finalisation (outputs: the
+                                          finalised descriptor and weights)
+    eval                                  evaluation training from scratch (outputs in the run directory)
+
+Each loop passes the fault-injection points of tfnas.faults (`<key>:before`, `:during`, `:after`).
 """
 from __future__ import annotations
 
-import json
 import os
 import pathlib
+import sys
+from typing import Callable
 
 import tensorflow as tf
+from google.protobuf import text_format
 
+from tfnas import faults
+from tfnas.errors import UserError
 from tfnas.files import write_atomic
+from tfnas.proto import search_pb2
 
 SEARCH = "search"
 EVAL = "eval"
+DONE = "done"
 
 
 def loop_dir(run_dir: str | os.PathLike, key: str) -> pathlib.Path:
@@ -38,10 +50,13 @@ def random_trial_key(trial: int) -> str:
 PETRIDISH_PHASES = ("pretrain", "archtrain")
 
 
+PETRIDISH = f"{SEARCH}/petridish"
+
+
 def petridish_key(iteration: int, phase: str) -> str:
     if phase not in PETRIDISH_PHASES:
         raise ValueError(f"unknown PetriDish phase {phase!r}")
-    return f"{SEARCH}/petridish/iter-{iteration}/{phase}"
+    return f"{PETRIDISH}/iter-{iteration}/{phase}"
 
 
 def named_variables(model) -> tf.Module:
@@ -83,10 +98,50 @@ def load_weights(model, prefix: str | os.PathLike) -> None:
     status.expect_partial()  # the values `model` does not have are left out on purpose: no warning each
 
 
+class CheckpointError(UserError):
+    """A loop's checkpoints exist but none of them can be read."""
+
+
+def is_done(run_dir: str | os.PathLike, key: str) -> bool:
+    """Whether the loop `key` of a run finished: its outputs are written (they come before the marker)."""
+    return (loop_dir(run_dir, key) / DONE).exists()
+
+
+def outputs_dir(run_dir: str | os.PathLike, key: str) -> pathlib.Path:
+    """Where the loop `key` keeps what it hands to the loops after it (written before its done marker)."""
+    return loop_dir(run_dir, key) / "outputs"
+
+
+def commit(run_dir: str | os.PathLike, key: str, write: Callable[[pathlib.Path], None] | None = None) -> None:
+    """Ends the loop `key`: `write(outputs_dir)` writes its outputs, then the done marker is written, then
+    the `after` fault point. A crash in between leaves the loop not done, and it commits again on resume."""
+    out = outputs_dir(run_dir, key)
+    if write is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write(out)
+    write_atomic(loop_dir(run_dir, key) / DONE, "1\n")
+    faults.point(key, "after")
+
+
+_STATE_SUFFIX = ".state.pbtxt"
+
+
+def latest_state(run_dir: str | os.PathLike, key: str) -> search_pb2.LoopState | None:
+    """The newest LoopState the loop `key` saved (read only, nothing restored); None if it saved none."""
+    files = LoopCheckpoint.state_files(loop_dir(run_dir, key))
+    return text_format.Parse(files[0].read_text(), search_pb2.LoopState()) if files else None
+
+
 class LoopCheckpoint:
-    """The checkpoint of one loop: TF objects plus a small JSON side-car (data positions, epoch)."""
+    """The checkpoint of one loop of the tree: its TF objects (tf.train.CheckpointManager, the last
+    `max_to_keep` kept), a LoopState beside each checkpoint, its outputs and its done marker.
+
+    A state is written after its checkpoint and names it, so a crash between the two leaves the previous
+    pair, complete. `restore` takes the newest pair that reads; a truncated or corrupt newest checkpoint
+    falls back to the one before it, with a warning naming the file."""
 
     def __init__(self, run_dir: str | os.PathLike, key: str, max_to_keep: int = 2, **objects):
+        self.run_dir = pathlib.Path(run_dir)
         self.dir = loop_dir(run_dir, key)
         self.key = key
         self.checkpoint = tf.train.Checkpoint(**objects)
@@ -94,23 +149,53 @@ class LoopCheckpoint:
 
     @property
     def done(self) -> bool:
-        return (self.dir / "done").exists()
+        return is_done(self.run_dir, self.key)
 
-    def mark_done(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "done").write_text("1\n")
+    def commit(self, write: Callable[[pathlib.Path], None] | None = None) -> None:
+        commit(self.run_dir, self.key, write)
 
-    def save(self, state: dict) -> None:
-        """Saves the TF objects, then the state that names the checkpoint it belongs to (atomically)."""
-        path = self.manager.save()
-        write_atomic(self.dir / "state.json", json.dumps({"checkpoint": os.path.basename(path), **state}))
+    def save(self, state: search_pb2.LoopState) -> None:
+        """Saves the TF objects, then the state that names their checkpoint (atomically), then forgets the
+        states of checkpoints the manager pruned."""
+        name = os.path.basename(self.manager.save())
+        saved = search_pb2.LoopState()
+        saved.CopyFrom(state)
+        saved.key, saved.checkpoint = self.key, name
+        write_atomic(self.dir / f"{name}{_STATE_SUFFIX}", text_format.MessageToString(saved))
+        kept = {os.path.basename(p) for p in self.manager.checkpoints}
+        for path in self.dir.glob(f"*{_STATE_SUFFIX}"):
+            if path.name[: -len(_STATE_SUFFIX)] not in kept:
+                path.unlink(missing_ok=True)
 
-    def restore(self) -> dict | None:
-        """Restores the latest checkpoint whose state was written completely; None if there is none."""
-        state_file = self.dir / "state.json"
-        if not state_file.exists():
-            return None
-        state = json.loads(state_file.read_text())
-        path = str(self.dir / state.pop("checkpoint"))
-        self.checkpoint.restore(path).assert_existing_objects_matched()
-        return state
+    @staticmethod
+    def state_files(directory: pathlib.Path) -> list[pathlib.Path]:
+        """A loop directory's state files, newest checkpoint first."""
+        def number(path: pathlib.Path) -> int:
+            tail = path.name[: -len(_STATE_SUFFIX)].rpartition("-")[2]
+            return int(tail) if tail.isdigit() else -1
+        return sorted(directory.glob(f"*{_STATE_SUFFIX}"), key=number, reverse=True) if directory.is_dir() else []
+
+    def restore(self) -> search_pb2.LoopState | None:
+        """Restores the newest checkpoint that reads, with its state; None if the loop has none. Objects
+        that the checkpoint lacks are an AssertionError (another network, a programming error), not a
+        fall-back."""
+        states = self.state_files(self.dir)
+        for n, path in enumerate(states):
+            state = search_pb2.LoopState()
+            prefix = self.dir / path.name[: -len(_STATE_SUFFIX)]
+            try:
+                text_format.Parse(path.read_text(), state)
+                self.checkpoint.restore(str(prefix)).assert_existing_objects_matched()
+            except AssertionError:
+                raise
+            except Exception as err:  # noqa: BLE001 - TF's reader raises IndexError, OpError, ValueError, ...
+                detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+                after = f"resuming from {states[n + 1].name[: -len(_STATE_SUFFIX)]}" if n + 1 < len(states) else \
+                    "no older checkpoint to resume from"
+                print(f"warning: {prefix}: unreadable checkpoint ({detail}); {after}", file=sys.stderr)
+                continue
+            return state
+        if states:
+            raise CheckpointError(f"{self.dir}: none of the loop's checkpoints can be read; remove the directory "
+                                  "(or run again with --restart) to start the loop over")
+        return None

@@ -145,12 +145,30 @@ def config_options(fn):
 
 
 def run_dir_options(default: str, what: str):
-    """--out (a resumable run directory) and --quiet, shared by the commands that train."""
+    """--out (a resumable run directory), --restart and --quiet, shared by the commands that train."""
     def decorate(fn):
         fn = click.option("-q", "--quiet", is_flag=True, help="No progress bars.")(fn)
+        fn = click.option("--restart", is_flag=True,
+                          help="Start over: remove what the run directory holds (after saying what) first.")(fn)
         return click.option("--out", "out", default=default, show_default=True, type=click.Path(file_okay=False),
                             help=f"Run directory{what}; running again on the same directory resumes.")(fn)
     return decorate
+
+
+def _restart(out) -> None:
+    """Empties a run directory for --restart, saying first what goes; only what tfnas writes there."""
+    import pathlib
+    import shutil
+    from tfnas import rundir
+    from tfnas.errors import UserError
+    out = pathlib.Path(out)
+    if not out.exists():
+        return
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
+    if entries and not any((out / sub / rundir.CONFIG_FILE).exists() for sub in ("", "search", "eval")):
+        raise UserError(f"--restart: {out} holds no tfnas run (no {rundir.CONFIG_FILE}); not removing it")
+    click.echo(f"--restart: removing {out}: {', '.join(entries) or 'nothing'}")
+    shutil.rmtree(out)
 
 
 def _load(config_path, overrides):
@@ -162,8 +180,8 @@ def _load(config_path, overrides):
 @config_options
 @run_dir_options("runs/search", "")
 @_friendly
-def search(config_path, overrides, out, quiet):
-    """Search a cell architecture (DARTS) and write OUT/final_desc.pbtxt.
+def search(config_path, overrides, out, restart, quiet):
+    """Search a cell architecture (DARTS, random search or PetriDish) and write OUT/final_desc.pbtxt.
 
     With no --config it runs the built-in default: a first-order DARTS search on the built-in digits data
     (no download), a few minutes on 2 CPU cores.
@@ -172,6 +190,8 @@ def search(config_path, overrides, out, quiet):
     from tfnas import describe as describe_lib, rundir
     from tfnas.search import runner
     config = _load(config_path, overrides)
+    if restart:  # after the configuration is known to be good: bad input removes nothing
+        _restart(out)
     final = runner.search(config, out, verbose=0 if quiet else 1)
     out = pathlib.Path(out)
     click.echo(describe_lib.format_text(describe_lib.describe(final, str(out / rundir.FINAL_DESC))))
@@ -184,7 +204,7 @@ def search(config_path, overrides, out, quiet):
 @config_options
 @run_dir_options("runs/eval", "")
 @_friendly
-def eval_command(arch, config_path, overrides, out, quiet):
+def eval_command(arch, config_path, overrides, out, restart, quiet):
     """Train a found architecture from scratch and report its test accuracy.
 
     The cells of --desc are expanded to the depth and width of `eval.macro` (DARTS: 20 cells, 36 channels)
@@ -192,6 +212,8 @@ def eval_command(arch, config_path, overrides, out, quiet):
     """
     from tfnas import evaluation, rundir
     config = _load(config_path, overrides)
+    if restart:  # after the configuration is known to be good: bad input removes nothing
+        _restart(out)
     final = evaluation.evaluate(config, arch, out, verbose=0 if quiet else 1)
     click.echo(f"test accuracy {final['test_accuracy']:.4f} ({final['params']:,} params, "
                f"{final['epochs']} epochs); weights in {out}/{rundir.WEIGHTS}.*")
@@ -221,10 +243,12 @@ def export_command(run_dir, out, model_name, version):
 @config_options
 @run_dir_options("runs/run", " (phases in search/, eval/ and export/)")
 @_friendly
-def run(config_path, overrides, out, quiet):
+def run(config_path, overrides, out, restart, quiet):
     """Search, evaluate and export in one command (the built-in default without arguments)."""
     from tfnas import pipeline
     config = _load(config_path, overrides)
+    if restart:  # after the configuration is known to be good: bad input removes nothing
+        _restart(out)
     result = pipeline.run(config, out, verbose=0 if quiet else 1, echo=click.echo)
     click.echo(f"done: test accuracy {result['test_accuracy']:.4f}; SavedModel {result['export']}")
 

@@ -29,15 +29,10 @@ from tfnas.train.metrics import correct, cross_entropy
 from tfnas.train.supervised import SupervisedTrainer
 
 
-def write_weights(net: compiler.NasModel, out: pathlib.Path) -> None:
-    """Writes the trained weights beside a marker that is created last: a crash mid-write leaves no
-    marker, and the weights count as absent."""
-    checkpoints.save_weights(net, out / rundir.WEIGHTS)
-    (out / f"{rundir.WEIGHTS}.done").write_text("1\n")
-
-
 def has_weights(out: pathlib.Path) -> bool:
-    return (out / f"{rundir.WEIGHTS}.done").exists()
+    """Whether an evaluation directory holds finished, trained weights: its training loop committed them
+    (they are written before its done marker)."""
+    return checkpoints.is_done(out, checkpoints.EVAL) and (out / f"{rundir.WEIGHTS}.index").exists()
 
 
 def test_accuracy(logits_of, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, float]:
@@ -106,11 +101,8 @@ def evaluate(config: config_pb2.ExperimentConfig, arch: str | pb.ModelDesc, out_
         raise UserError(f"{out} holds the evaluation of another architecture ({out / rundir.MODEL_DESC}); "
                         "use a new --out directory")
     metrics_path = out / rundir.METRICS
-    ckpt_done = checkpoints.loop_dir(out, checkpoints.EVAL) / "done"
-    if ckpt_done.exists() and has_weights(out) and metrics_path.exists():
-        finished = json.loads(metrics_path.read_text()).get("final")
-        if finished is not None:
-            return finished
+    if checkpoints.is_done(out, checkpoints.EVAL):  # its outputs (metrics, weights) come before the marker
+        return json.loads(metrics_path.read_text())["final"]
     runtime.seed_everything(config)
     mean, std = data_lib.normalization(dataset, config.data)
     descriptors.save(desc, out / rundir.MODEL_DESC)
@@ -135,17 +127,21 @@ def evaluate(config: config_pb2.ExperimentConfig, arch: str | pb.ModelDesc, out_
                                            metrics=checkpoints.metric_variables(trainer.trackers),
                                            **trainer.checkpointed())
     monitor = EvalMonitor(out, net, dataset.test, mean, std, e.trainer.batch_size)
+
+    def finish(_outputs, logs):
+        """The loop's outputs, in the run directory: the final metrics, then the weights."""
+        acc, loss = test_accuracy(monitor.logits_of, *dataset.test, e.trainer.batch_size)
+        final = {"test_accuracy": acc, "test_loss": loss, "params": compiler.count_params(net, include_aux=False),
+                 "params_with_aux": compiler.count_params(net), "epochs": e.trainer.epochs,
+                 "train_accuracy": logs.get("accuracy")}
+        write_atomic(metrics_path, json.dumps({"final": final, "history": monitor.history}, indent=1))
+        checkpoints.save_weights(net, out / rundir.WEIGHTS)
+
     with runtime.training_graph_options(config.runtime.graph_optimizer):
-        logs = run_loop(step, [stream], e.trainer.epochs, steps, loop_ckpt, trainer.reset_trackers,
-                        callbacks=[monitor], on_epoch_begin=on_epoch_begin,
-                        checkpoint_every_steps=e.trainer.checkpoint_every_steps, verbose=verbose,
-                        stop_after_steps=stop_after_steps)
+        run_loop(step, [stream], e.trainer.epochs, steps, loop_ckpt, trainer.reset_trackers,
+                 callbacks=[monitor], on_epoch_begin=on_epoch_begin,
+                 checkpoint_every_steps=e.trainer.checkpoint_every_steps, verbose=verbose,
+                 stop_after_steps=stop_after_steps, outputs=finish)
     if not loop_ckpt.done:
         return None
-    acc, loss = test_accuracy(monitor.logits_of, *dataset.test, e.trainer.batch_size)
-    final = {"test_accuracy": acc, "test_loss": loss, "params": compiler.count_params(net, include_aux=False),
-             "params_with_aux": compiler.count_params(net), "epochs": e.trainer.epochs,
-             "train_accuracy": logs.get("accuracy")}
-    write_atomic(metrics_path, json.dumps({"final": final, "history": monitor.history}, indent=1))
-    write_weights(net, out)  # its marker last: present only once everything before it is written
-    return final
+    return json.loads(metrics_path.read_text())["final"]

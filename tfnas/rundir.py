@@ -1,6 +1,7 @@
 """Run directories: what each phase writes where, and the check that a resumed run is the same run.
 
-    <search run>/  config.yaml, final_desc.pbtxt, final_cells.png, tensorboard/, checkpoints/; DARTS also
+    <search run>/  config.yaml, final_desc.pbtxt, final_cells.png, final_weights.* (DARTS: the supernet's,
+                   PetriDish: the picked model's), tensorboard/, checkpoints/; DARTS also
                    supernet.pbtxt (the search network with its current alphas) and alpha_history.jsonl,
                    random search trials.tsv (one line per trial), PetriDish gallery.tsv, gallery.png,
                    gallery.pbtxt (the same rows as a tfnas.Gallery message) and gallery/<i>.pbtxt
@@ -31,7 +32,7 @@ GALLERY_DIR = "gallery"
 MODEL_DESC = "model_desc.pbtxt"
 DATASET_INFO = "dataset.json"
 METRICS = "metrics.json"
-WEIGHTS = "final_weights"  # a name-keyed TF checkpoint: final_weights.index + .data-*, then final_weights.done
+WEIGHTS = "final_weights"  # a name-keyed TF checkpoint: final_weights.index + .data-*
 TENSORBOARD = "tensorboard"
 
 
@@ -43,6 +44,28 @@ def _experiment(config: config_pb2.ExperimentConfig) -> config_pb2.ExperimentCon
     return out
 
 
+def differences(a: config_pb2.ExperimentConfig, b: config_pb2.ExperimentConfig) -> list[tuple[str, object, object]]:
+    """(dotted key, value in a, value in b) for every leaf field that differs, in schema order."""
+    from google.protobuf import json_format
+
+    def flat(message) -> dict:
+        data = json_format.MessageToDict(message, always_print_fields_with_no_presence=True,
+                                         preserving_proto_field_name=True)
+        out: dict = {}
+
+        def walk(value, prefix):
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(v, f"{prefix}.{k}" if prefix else k)
+            else:
+                out[prefix] = value
+        walk(data, "")
+        return out
+
+    fa, fb = flat(a), flat(b)
+    return [(k, fa.get(k), fb.get(k)) for k in dict.fromkeys([*fa, *fb]) if fa.get(k) != fb.get(k)]
+
+
 def prepare(out_dir: str | pathlib.Path, config: config_pb2.ExperimentConfig) -> pathlib.Path:
     """Creates the run directory, or checks that an existing one holds a run of the same configuration
     (so a resumed run never mixes two experiments, and nothing already written is overwritten). The
@@ -52,8 +75,11 @@ def prepare(out_dir: str | pathlib.Path, config: config_pb2.ExperimentConfig) ->
     if saved.exists():
         previous = config_lib.load_config(saved)
         if _experiment(previous) != _experiment(config):
-            raise UserError(f"{out} holds a run with another configuration ({saved}); "
-                            "use a new --out directory, or the same configuration to resume it")
+            changes = differences(_experiment(previous), _experiment(config))
+            shown = "; ".join(f"{key}: {old!r} there, {new!r} here" for key, old, new in changes[:4])
+            more = f" (and {len(changes) - 4} more)" if len(changes) > 4 else ""
+            raise UserError(f"{out} holds a run with another configuration ({saved}): {shown}{more}; use the same "
+                            "configuration to resume it, --restart to start it over, or a new --out directory")
     else:
         out.mkdir(parents=True, exist_ok=True)
         config_lib.save_config(config, saved)

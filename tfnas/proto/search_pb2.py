@@ -24,15 +24,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tfnas/proto/search.proto\x12\x05tfnas\"\x88\x01\n\x0cGalleryEntry\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x11\n\titeration\x18\x02 \x01(\x05\x12\r\n\x05phase\x18\x03 \x01(\t\x12\r\n\x05nodes\x18\x04 \x01(\x05\x12\x0e\n\x06params\x18\x05 \x01(\x03\x12\x15\n\rmultiply_adds\x18\x06 \x01(\x03\x12\x11\n\tval_error\x18\x07 \x01(\x01\"/\n\x07Gallery\x12$\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x13.tfnas.GalleryEntryb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tfnas/proto/search.proto\x12\x05tfnas\".\n\x0bStreamState\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\x10\n\x08position\x18\x02 \x01(\x03\"\xc5\x01\n\tLoopState\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x05\x12\x0c\n\x04step\x18\x03 \x01(\x05\x12#\n\x07streams\x18\x04 \x03(\x0b\x32\x12.tfnas.StreamState\x12(\n\x04logs\x18\x05 \x03(\x0b\x32\x1a.tfnas.LoopState.LogsEntry\x12\x12\n\ncheckpoint\x18\x06 \x01(\t\x1a+\n\tLogsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x88\x01\n\x0cGalleryEntry\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x11\n\titeration\x18\x02 \x01(\x05\x12\r\n\x05phase\x18\x03 \x01(\t\x12\r\n\x05nodes\x18\x04 \x01(\x05\x12\x0e\n\x06params\x18\x05 \x01(\x03\x12\x15\n\rmultiply_adds\x18\x06 \x01(\x03\x12\x11\n\tval_error\x18\x07 \x01(\x01\"/\n\x07Gallery\x12$\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x13.tfnas.GalleryEntryb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tfnas.proto.search_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GALLERYENTRY']._serialized_start=36
-  _globals['_GALLERYENTRY']._serialized_end=172
-  _globals['_GALLERY']._serialized_start=174
-  _globals['_GALLERY']._serialized_end=221
+  _globals['_LOOPSTATE_LOGSENTRY']._loaded_options = None
+  _globals['_LOOPSTATE_LOGSENTRY']._serialized_options = b'8\001'
+  _globals['_STREAMSTATE']._serialized_start=35
+  _globals['_STREAMSTATE']._serialized_end=81
+  _globals['_LOOPSTATE']._serialized_start=84
+  _globals['_LOOPSTATE']._serialized_end=281
+  _globals['_LOOPSTATE_LOGSENTRY']._serialized_start=238
+  _globals['_LOOPSTATE_LOGSENTRY']._serialized_end=281
+  _globals['_GALLERYENTRY']._serialized_start=284
+  _globals['_GALLERYENTRY']._serialized_end=420
+  _globals['_GALLERY']._serialized_start=422
+  _globals['_GALLERY']._serialized_end=469
 # @@protoc_insertion_point(module_scope)

@@ -10,7 +10,7 @@ stopped; a finished search is not rerun.
 from __future__ import annotations
 
 import pathlib
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -87,12 +87,14 @@ class SearchRun:
 
     def train(self, key: str, trainer, net: compiler.NasModel, streams: Sequence[data_lib.BatchStream],
               epochs: int, steps: int, callbacks: Sequence[EpochCallback] = (),
-              trainer_config: config_pb2.TrainerConfig | None = None) -> tuple[dict, bool]:
+              trainer_config: config_pb2.TrainerConfig | None = None,
+              outputs: Callable[[pathlib.Path, dict], None] | None = None) -> tuple[dict, bool]:
         """Trains `trainer` (train_step, trackers, reset_trackers, step_counter, checkpointed()) for `epochs`
         as the keyed loop `key`: resumed from its checkpoint if it has one (a finished loop only restores
         its final state), saved at every epoch end (and every checkpoint_every_steps of `trainer_config`,
-        default search.trainer), marked done at the end. Every stream's batches are augmented by
-        search.augmentation. Returns (the last logs, whether the loop is done)."""
+        default search.trainer), committed at the end (`outputs(dir, logs)` writes what the loop hands on, then
+        its done marker). Every stream's batches are augmented by search.augmentation. Returns (the last
+        logs, whether the loop is done)."""
         cfg = trainer_config or self.config.search.trainer
         step = training_step(self.config, trainer, self.dataset.image_shape, self.mean, self.std, len(streams),
                              batch_size=streams[0].batch_size)
@@ -102,7 +104,7 @@ class SearchRun:
         with runtime.training_graph_options(self.config.runtime.graph_optimizer):
             logs = run_loop(step, streams, epochs, steps, loop_ckpt, trainer.reset_trackers, callbacks=callbacks,
                             checkpoint_every_steps=cfg.checkpoint_every_steps, verbose=self.verbose,
-                            stop_after_steps=self.stop_after_steps)
+                            stop_after_steps=self.stop_after_steps, outputs=outputs)
         return logs, loop_ckpt.done
 
     def accuracy(self, net: compiler.NasModel, split: tuple[np.ndarray, np.ndarray]) -> float:
@@ -110,6 +112,11 @@ class SearchRun:
         from tfnas.evaluation import test_accuracy
         logits_of = steps_lib.inference_function(net, self.dataset.image_shape, self.mean, self.std)
         return test_accuracy(logits_of, *split, self.config.search.trainer.batch_size)[0]
+
+    def save_final_weights(self, net: compiler.NasModel) -> None:
+        """The weights of the network the search ends with (final_weights.*), written before the final
+        descriptor, whose presence marks a finished search."""
+        checkpoints.save_weights(net, self.out / rundir.WEIGHTS)
 
     def save(self, name: str, data: pb.ModelDesc | bytes | str) -> None:
         """A file of the run directory, written atomically (descriptors by their extension's format)."""

@@ -4,7 +4,7 @@
     train: BilevelSearch on (weight half, architecture half), one keyed loop "search"
     final = finalize(supernet, alphas)         each node keeps its best-ranked edges
 
-Besides the runner's files it writes supernet.pbtxt (the search network with its current alphas, also
+Besides the runner's files (final_weights.* are the trained supernet's) it writes supernet.pbtxt (the search network with its current alphas, also
 after an interrupted run) and alpha_history.jsonl, and shows the alphas in TensorBoard (monitor.py).
 """
 from __future__ import annotations
@@ -43,6 +43,7 @@ class Darts(Algorithm):
         run.save(rundir.SUPERNET_DESC, darts.with_alphas(supernet, alphas))
         if not done:
             return None
+        run.save_final_weights(net)
         final = darts.finalize(supernet, alphas, s.darts.edges_per_node)
         final.source = supernet.source
         if run.verbose:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfnas import checkpoints, compiler, describe, descriptors, draw, rundir
+from tfnas import checkpoints, compiler, describe, descriptors, draw, faults, rundir
 from tfnas.proto import config_pb2, search_pb2
 from tfnas.proto import descriptors_pb2 as pb
 from tfnas.search import petridish
@@ -15,6 +15,15 @@ Pick = config_pb2.PetridishConfig.Pick
 def phase_seed(seed: int, iteration: int, phase: str) -> int:
     """The seed of one loop's new weights and data order: (seed, iteration, phase) alone."""
     return int(np.random.default_rng([seed, iteration, checkpoints.PETRIDISH_PHASES.index(phase)]).integers(2**31 - 1))
+
+
+MODEL_FILE, WEIGHTS_FILE = "model.pbtxt", "weights"
+
+
+def hand_on(out, desc: pb.ModelDesc, net: compiler.NasModel) -> None:
+    """A PetriDish loop's outputs: the model it ends with, descriptor and weights."""
+    checkpoints.save_weights(net, out / WEIGHTS_FILE)
+    descriptors.save(desc, out / MODEL_FILE)
 
 
 def warm_start(net: compiler.NasModel, parent: compiler.NasModel | None, grow: bool):
@@ -49,6 +58,7 @@ class PetridishSearch:
 
     def search(self) -> pb.ModelDesc | None:
         p, run = self.p, self.run
+        faults.point(checkpoints.PETRIDISH, "before")
         desc = petridish.seed_model(run.macro_desc, skip=not p.empty_seed)
         desc.source = f"petridish search ({self.config.name or 'unnamed'})"
         parent = None
@@ -58,43 +68,61 @@ class PetridishSearch:
                 if parent is None:
                     return None
                 self.record(i, "pretrain", desc, parent)
-            grown = petridish.grow(desc, i, list(p.primitives), p.kept_candidates, p.candidate_init_scale, run.seed)
-            grown.source = desc.source
-            result = self.arch_train(grown, parent, i)
-            if result is None:
-                return None
-            desc, parent = result
-            self.record(i, "search", desc, parent)
-            self.summarise(i)
-        return self.pick()
+            if not checkpoints.is_done(run.out, checkpoints.petridish_key(i, "archtrain")):
+                grown = petridish.grow(desc, i, list(p.primitives), p.kept_candidates, p.candidate_init_scale,
+                                       run.seed)
+                grown.source = desc.source
+                if not self.arch_train(grown, parent, i):
+                    return None
+            desc, parent = self.load(i, "archtrain")
+            if self.record(i, "search", desc, parent):
+                self.summarise(i)
+        checkpoints.commit(run.out, checkpoints.PETRIDISH)
+        final, entry = self.pick()
+        run.save_final_weights(self.load(entry.iteration, "archtrain" if entry.phase == "search" else entry.phase)[1])
+        return final
 
     def compile(self, desc: pb.ModelDesc, iteration: int, phase: str) -> compiler.NasModel:
         import keras
         keras.utils.set_random_seed(phase_seed(self.run.seed, iteration, phase))  # the new weights' values
         return self.run.compile(desc)
 
+    def load(self, i: int, phase: str) -> tuple[pb.ModelDesc, compiler.NasModel]:
+        """The model a finished loop handed on: (its descriptor, compiled with the weights it committed)."""
+        out = checkpoints.outputs_dir(self.run.out, checkpoints.petridish_key(i, phase))
+        desc = descriptors.load_model_desc(out / MODEL_FILE)
+        net = self.run.compile(desc)
+        checkpoints.load_weights(net, out / WEIGHTS_FILE)
+        return desc, net
+
     def pre_train(self, desc, parent, i: int):
-        """The parent trained for pre_train.epochs (the seed's train(model, pre_train_epochs)); None if
-        the loop stopped early on purpose."""
+        """The parent trained for pre_train.epochs (the seed's train(model, pre_train_epochs)), as the loop
+        `iter-<i>/pretrain` hands it on; None if the loop stopped early on purpose."""
         from tfnas.train import optim
         from tfnas.train.supervised import SupervisedTrainer
 
         run, pre = self.run, self.p.pre_train
-        net = self.compile(desc, i, "pretrain")
-        warm_start(net, parent, grow=False)
-        stream = run.stream(run.weight_split, phase_seed(run.seed, i, "pretrain"), pre)
-        steps = run.steps_per_epoch([stream], pre)
-        trainer = SupervisedTrainer(net, optim.make_optimizer(pre.optimizer, pre.epochs, steps, "optimizer"),
-                                    pre.optimizer)
-        if run.verbose:
-            print(f"PetriDish iteration {i}/{self.p.n_search_iter}: pre-training ({petridish.nodes_per_cell(desc)} "
-                  "nodes per cell)")
-        _, done = run.train(checkpoints.petridish_key(i, "pretrain"), trainer, net, [stream], pre.epochs, steps,
-                            trainer_config=pre)
-        return net if done else None
+        key = checkpoints.petridish_key(i, "pretrain")
+        if not checkpoints.is_done(run.out, key):
+            net = self.compile(desc, i, "pretrain")
+            warm_start(net, parent, grow=False)
+            stream = run.stream(run.weight_split, phase_seed(run.seed, i, "pretrain"), pre)
+            steps = run.steps_per_epoch([stream], pre)
+            trainer = SupervisedTrainer(net, optim.make_optimizer(pre.optimizer, pre.epochs, steps, "optimizer"),
+                                        pre.optimizer)
+            if run.verbose:
+                print(f"PetriDish iteration {i}/{self.p.n_search_iter}: pre-training "
+                      f"({petridish.nodes_per_cell(desc)} nodes per cell)")
+            _, done = run.train(key, trainer, net, [stream], pre.epochs, steps, trainer_config=pre,
+                                outputs=lambda out, logs: hand_on(out, desc, net))
+            if not done:
+                return None
+        return self.load(i, "pretrain")[1]
 
-    def arch_train(self, grown, parent, i: int):
-        """(finalised descriptor, finalised model with the trained weights), or None if stopped early."""
+    def arch_train(self, grown, parent, i: int) -> bool:
+        """Arch-trains the grown network as the loop `iter-<i>/archtrain`, which hands on the finalised
+        descriptor and model (the chosen candidates' trained weights, joins started as their weighted
+        sum); False if the loop stopped early on purpose."""
         from tfnas import weights
         from tfnas.ops.petridish import PetriDishJoin
         from tfnas.train import optim
@@ -109,29 +137,32 @@ class PetridishSearch:
                                                               "optimizer"), s.trainer.optimizer, l1=self.p.l1)
         if run.verbose:
             print(f"PetriDish iteration {i}/{self.p.n_search_iter}: arch-training node {i} of every cell")
+
+        def finalise(out, logs):
+            alphas = {g: v.numpy() for g, v in net.alpha_vars.items()}
+            final_desc = petridish.finalize(grown, alphas)
+            final = self.compile(final_desc, i, "archtrain")
+            report = weights.restore(final, net, strict=False)  # the chosen candidates keep their weights
+            new_ops = {key.split("/")[0] for key in report.new}
+            for cell in final.cells:
+                for _, layer, _ in (e for node in cell.edges for e in node):
+                    if isinstance(layer, PetriDishJoin) and layer.desc.id in new_ops:
+                        layer.start_as_sum()
+            hand_on(out, final_desc, final)
+
         _, done = run.train(checkpoints.petridish_key(i, "archtrain"), trainer, net, [stream], s.trainer.epochs,
-                            steps)
-        if not done:
-            return None
-        alphas = {g: v.numpy() for g, v in net.alpha_vars.items()}
-        final_desc = petridish.finalize(grown, alphas)
-        final = self.compile(final_desc, i, "archtrain")
-        report = weights.restore(final, net, strict=False)  # the chosen candidates keep their weights
-        new_ops = {key.split("/")[0] for key in report.new}
-        for cell in final.cells:
-            for _, layer, _ in (e for node in cell.edges for e in node):
-                if isinstance(layer, PetriDishJoin) and layer.desc.id in new_ops:
-                    layer.start_as_sum()
-        return final_desc, final
+                            steps, outputs=finalise)
+        return done
 
     # --- the gallery ------------------------------------------------------------------------------------
 
-    def record(self, iteration: int, phase: str, desc: pb.ModelDesc, net: compiler.NasModel) -> None:
-        """Adds (or, resumed, finds) the gallery row of a finalised model and writes the gallery files."""
+    def record(self, iteration: int, phase: str, desc: pb.ModelDesc, net: compiler.NasModel) -> bool:
+        """Adds the gallery row of a finalised model and writes the gallery files; False if a resumed search
+        already has the row."""
         run = self.run
         for entry in self.gallery.entries:
             if entry.iteration == iteration and entry.phase == phase:
-                return
+                return False
         size = describe.describe(desc, phase)  # what `tfnas describe` reports of it
         error = 1.0 - run.accuracy(net, run.arch_split)
         entry = self.gallery.entries.add(index=len(self.gallery.entries), iteration=iteration, phase=phase,
@@ -147,6 +178,7 @@ class PetridishSearch:
         if run.verbose:
             print(f"gallery #{entry.index}: iteration {iteration} {phase}, {entry.nodes} nodes, "
                   f"{entry.multiply_adds:,} multiply-adds, val_error {error:.4f}")
+        return True
 
     def summarise(self, iteration: int) -> None:
         """TensorBoard: one step per iteration."""
@@ -163,7 +195,7 @@ class PetridishSearch:
             tf.summary.scalar("petridish/best_val_error", min(e.val_error for e in self.gallery.entries))
         self.run.writer.flush()
 
-    def pick(self) -> pb.ModelDesc:
+    def pick(self) -> tuple[pb.ModelDesc, search_pb2.GalleryEntry]:
         """The final descriptor: the last model, or the hull's knee, or the best hull model in the budget."""
         p, run = self.p, self.run
         entries = list(self.gallery.entries)
@@ -185,4 +217,4 @@ class PetridishSearch:
         if run.verbose:
             print(f"picked gallery #{entry.index} ({Pick.Name(p.pick).lower()}): iteration {entry.iteration} "
                   f"{entry.phase}, val_error {entry.val_error:.4f}, {entry.multiply_adds:,} multiply-adds")
-        return final
+        return final, entry

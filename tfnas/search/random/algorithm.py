@@ -3,8 +3,8 @@
 Each of `search.random.trials` trials is the seed's algorithm once: sample a cell pair (the micro
 builder), compile it with the search options, train it for `search.random.epochs` on the weight half of
 the search split, and score it by top-1 accuracy on the architecture half. Each trial is a keyed loop of
-its own (`search/random/trial-<i>`): a killed search resumes inside the trial it was in, and a finished
-trial (its result.json written) is not trained again. The best trial (ties: the earliest) is the final
+its own (`search/random/trial-<i>`, its output result.json): a killed search resumes inside the trial it
+was in, and a finished trial is not trained again. The best trial (ties: the earliest) is the final
 descriptor. Files: trials.tsv (one line per finished trial, deterministic for a seed) and, in TensorBoard,
 one step per trial.
 """
@@ -47,8 +47,8 @@ class RandomSearch(Algorithm):
         results = []
         for trial in range(r.trials):
             key = checkpoints.random_trial_key(trial)
-            result_path = checkpoints.loop_dir(run.out, key) / RESULT_FILE
-            if result_path.exists():
+            result_path = checkpoints.outputs_dir(run.out, key) / RESULT_FILE
+            if checkpoints.is_done(run.out, key):
                 results.append(json.loads(result_path.read_text()))
                 continue
             desc = random_lib.sample(run.macro_desc, list(r.primitives), r.edges_per_node, run.seed, trial)
@@ -62,14 +62,19 @@ class RandomSearch(Algorithm):
             if run.verbose:
                 print(f"trial {trial + 1}/{r.trials}: {genotypes.format_genotype(genotypes.from_desc(desc))}")
             start = time.perf_counter()
-            _, done = run.train(key, trainer, net, [stream], r.epochs, steps)
+
+            def score(out, logs, trial=trial, desc=desc, net=net, key=key, start=start):
+                """The trial's output: its score and size (committed before its done marker)."""
+                size = describe.describe(desc, key)  # what `tfnas describe` reports of the trial's architecture
+                result = {"trial": trial, "val_accuracy": run.accuracy(net, run.arch_split),
+                          "params": size["params"], "multiply_adds": size["multiply_adds"],
+                          "genotype": size["genotype"], "seconds": time.perf_counter() - start}
+                write_atomic(out / RESULT_FILE, json.dumps(result, indent=1))
+
+            _, done = run.train(key, trainer, net, [stream], r.epochs, steps, outputs=score)
             if not done:
                 return None
-            size = describe.describe(desc, key)  # what `tfnas describe` reports of the trial's architecture
-            result = {"trial": trial, "val_accuracy": run.accuracy(net, run.arch_split), "params": size["params"],
-                      "multiply_adds": size["multiply_adds"], "genotype": size["genotype"],
-                      "seconds": time.perf_counter() - start}
-            write_atomic(result_path, json.dumps(result, indent=1))
+            result = json.loads(result_path.read_text())
             results.append(result)
             run.save(rundir.TRIALS, trials_tsv(results))
             with run.writer.as_default(step=trial + 1):
