@@ -416,3 +416,45 @@ def test_finalisation_is_the_ops_protocol_plain_edges_are_required():
     op = edge.op
     assert list(edge.inputs) == [1] and op.name == "sep_conv_3x3" and rank == pytest.approx(np.exp(1) / (np.exp(1) + 3))
     assert op.rank == pytest.approx(rank)  # stored as float32
+
+
+@pytest.mark.parametrize("cap", [1, 2, 3])
+def test_the_skip_cap_keeps_at_most_that_many_skips_and_two_edges_per_node(cap):
+    desc = supernet_desc(cells=1, nodes=4)
+    rng = np.random.default_rng(cap)
+    alphas = rng.normal(0.0, 0.1, (14, 4))
+    alphas[:, 1] += 2.0 + rng.uniform(0.0, 1.0, 14)   # skip_connect strongest on every edge: a collapse
+    plain = darts.finalize(desc, {"normal": alphas}, edges_per_node=2)
+    assert sum(e.op.name == "skip_connect" for n in plain.cells[0].nodes for e in n.edges) == 8
+    capped = darts.finalize(desc, {"normal": alphas}, edges_per_node=2, max_skip_connect=cap)
+    names = [[e.op.name for e in n.edges] for n in capped.cells[0].nodes]
+    assert all(len(node) == 2 for node in names)
+    assert sum(name == "skip_connect" for node in names for name in node) == cap
+    assert all(name in ("skip_connect", "sep_conv_3x3") for node in names for name in node)  # parametric
+    # The skips kept are the strongest of all the skips the uncapped cell kept.
+    kept = sorted((r for r, _ in darts.kept_skips(capped, desc)), reverse=True)
+    assert kept == sorted((r for r, _ in darts.kept_skips(plain, desc)), reverse=True)[:cap]
+    assert darts.counts(capped) == {"normal/skip_connect": cap, "normal/parameter_free": cap}
+
+
+def test_beta_regularisation_ramps_up_and_adds_its_gradient_to_the_alpha_step():
+    search = make_search()
+    beta = BilevelSearch(search.net, search.weight_opt, search.alpha_opt, search.weight_cfg, search.alpha_cfg,
+                         beta_regularization=5.0, epochs=4, steps_per_epoch=10)
+    assert float(beta.beta_weight()) == 0.0                       # epoch 0: the plain DARTS loss
+    beta.alpha_opt.iterations.assign(25)
+    assert float(beta.beta_weight()) == pytest.approx(5.0 * 2 / 4)  # epoch 2 of 4
+    alphas = search.net.alphas
+    with tf.GradientTape() as tape:
+        term = beta.beta_term(alphas)
+    rows = np.concatenate([np.asarray(a.numpy(), np.float64) for a in alphas])
+    expected = np.log(np.exp(rows).sum(-1)).mean()
+    assert float(term) == pytest.approx(expected, rel=1e-6)
+    # d/d alpha of mean(logsumexp) is softmax / number of edges: it lifts no operation over another.
+    for g, a in zip(tape.gradient(term, alphas), alphas):
+        np.testing.assert_allclose(g.numpy(), darts_softmax(a.numpy()) / len(rows), rtol=1e-5)
+
+
+def darts_softmax(a):
+    e = np.exp(a - a.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)

@@ -63,8 +63,61 @@ def with_alphas(supernet: pb.ModelDesc, alphas: Mapping[str, np.ndarray]) -> pb.
     return trained
 
 
-def finalize(desc: pb.ModelDesc, alphas: Mapping[str, np.ndarray], edges_per_node: int = 2) -> pb.ModelDesc:
+SKIP = "skip_connect"
+# Operations without weights: what a collapsing DARTS search piles up (Zela et al. 2020; P-DARTS).
+PARAMETER_FREE = ("none", "skip_connect", "max_pool_3x3", "avg_pool_3x3")
+
+
+def finalize(desc: pb.ModelDesc, alphas: Mapping[str, np.ndarray], edges_per_node: int = 2,
+             max_skip_connect: int = 0) -> pb.ModelDesc:
     """The discrete architecture: per node the `edges_per_node` mixed edges whose strongest operation other
-    than `none` weighs most, each turned into that operation with its weight as rank (search.finalize)."""
+    than `none` weighs most, each turned into that operation with its weight as rank (search.finalize).
+
+    `max_skip_connect` > 0 caps the skip connections of the normal cell (P-DARTS, Chen et al. 2019, keeps
+    2): while it has more, its weakest skip edge gives way to that edge's strongest parametric operation
+    (its skip and parameter-free candidates are masked out and the cell finalised again, so each node still
+    keeps its best `edges_per_node` edges)."""
     from tfnas.search import finalize as finalize_lib
-    return finalize_lib.finalize(desc, alphas, edges_per_node)
+    masked = {g: np.array(a, np.float64) for g, a in alphas.items()}
+    while True:
+        final = finalize_lib.finalize(desc, masked, edges_per_node)
+        if max_skip_connect <= 0 or GROUPS[pb.NORMAL] not in masked:
+            return final
+        skips = kept_skips(final, desc)
+        if len(skips) <= max_skip_connect:
+            return final
+        _, row = min(skips)
+        primitives = list(desc.alpha_groups[GROUPS[pb.NORMAL]].primitives)
+        weak = [c for c, name in enumerate(primitives) if name in PARAMETER_FREE]
+        if len(weak) == len(primitives):  # nothing parametric to give way to: only the skip goes
+            weak = [primitives.index(SKIP)]
+        masked[GROUPS[pb.NORMAL]][row, weak] = -np.inf
+
+
+def kept_skips(final: pb.ModelDesc, supernet: pb.ModelDesc) -> list[tuple[float, int]]:
+    """(rank, alpha row) of each skip connection kept in the first normal cell of a finalised supernet."""
+    cell = next((c for c in final.cells if c.cell_type == pb.NORMAL), None)
+    if cell is None:
+        return []
+    rows = {e.op.id: e.op.alpha_index for c in supernet.cells if c.id == cell.id for n in c.nodes for e in n.edges}
+    out = []
+    for node in cell.nodes:
+        for edge in node.edges:
+            if edge.op.name == SKIP:
+                mixed_id = edge.op.id.rsplit(".", 1)[0]  # `c0.n1.e2.skip_connect` -> its mixed edge `c0.n1.e2`
+                out.append((edge.op.rank, rows[mixed_id]))
+    return out
+
+
+def counts(final: pb.ModelDesc) -> dict[str, int]:
+    """Skip connections and parameter-free operations kept in the first cell of each type: a collapse
+    onto them shows as these counts rising."""
+    out = {}
+    for cell_type, group in GROUPS.items():
+        cell = next((c for c in final.cells if c.cell_type == cell_type), None)
+        if cell is None:
+            continue
+        names = [e.op.name for n in cell.nodes for e in n.edges]
+        out[f"{group}/skip_connect"] = sum(name == SKIP for name in names)
+        out[f"{group}/parameter_free"] = sum(name in PARAMETER_FREE for name in names)
+    return out

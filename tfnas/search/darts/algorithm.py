@@ -25,6 +25,8 @@ class Darts(Algorithm):
         from tfnas.config import check_optimizer
         check_optimizer("search.darts.alpha_optimizer", d.alpha_optimizer)
         algorithm_lib.check_primitives("search.darts.primitives", d.primitives)
+        check(d.max_skip_connect >= 0, "search.darts.max_skip_connect", ">= 0 (0: no cap)", d.max_skip_connect)
+        check(d.beta_regularization >= 0, "search.darts.beta_regularization", ">= 0 (0: off)", d.beta_regularization)
 
     def run(self, run) -> pb.ModelDesc | None:
         from tfnas import checkpoints, rundir
@@ -36,7 +38,7 @@ class Darts(Algorithm):
         val_stream = run.stream(run.arch_split, run.seed + 1)
         steps = run.steps_per_epoch([train_stream, val_stream])
         supernet, net, searcher = build_search(run.config, run.macro_desc, steps)
-        monitor = SearchMonitor(run.out, run.writer, net, supernet, s.darts.edges_per_node)
+        monitor = SearchMonitor(run.out, run.writer, net, supernet, s.darts.edges_per_node, s.darts.max_skip_connect)
         logs, done = run.train(checkpoints.SEARCH, searcher, net, [train_stream, val_stream], s.trainer.epochs, steps,
                                callbacks=[monitor])
         alphas = {g: v.numpy() for g, v in net.alpha_vars.items()}
@@ -44,7 +46,7 @@ class Darts(Algorithm):
         if not done:
             return None
         run.save_final_weights(net)
-        final = darts.finalize(supernet, alphas, s.darts.edges_per_node)
+        final = darts.finalize(supernet, alphas, s.darts.edges_per_node, s.darts.max_skip_connect)
         final.source = supernet.source
         if run.verbose:
             print(f"final val_accuracy {logs.get('val_accuracy', float('nan')):.4f}")
@@ -68,7 +70,8 @@ def build_search(config: config_pb2.ExperimentConfig, macro_desc: pb.ModelDesc, 
     weight_opt = optim.make_optimizer(s.trainer.optimizer, s.trainer.epochs, steps_per_epoch, "weight_optimizer")
     alpha_opt = optim.make_optimizer(s.darts.alpha_optimizer, s.trainer.epochs, steps_per_epoch, "alpha_optimizer")
     searcher = BilevelSearch(net, weight_opt, alpha_opt, s.trainer.optimizer, s.darts.alpha_optimizer,
-                             order=s.darts.order)
+                             order=s.darts.order, beta_regularization=s.darts.beta_regularization,
+                             epochs=s.trainer.epochs, steps_per_epoch=steps_per_epoch)
     return supernet, net, searcher
 
 

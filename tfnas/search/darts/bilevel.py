@@ -8,6 +8,10 @@
                 batch at w' (a copy of the network there).
     weight step on a training batch: grad_w L_train(w, alpha), clipped, L2-decayed, SGD with momentum.
 
+With `beta_regularization` > 0 the alpha loss gains beta-DARTS's term (Ye et al., CVPR 2022): lambda times
+the mean over edges of logsumexp(alpha), lambda = beta * epoch / epochs (epoch counted from 0), which keeps
+the alphas from running away in a few operations (the skip-connection collapse of long searches).
+
 The two optimisers own disjoint variable sets (alphas / weights_only). The alpha step asks the tape for
 alpha gradients only, so no weight gradient is computed for it (the reference code computes them all).
 """
@@ -32,13 +36,14 @@ class BilevelSearch(Trainer):
 
     def __init__(self, net: NasModel, weight_opt: keras.optimizers.Optimizer, alpha_opt: keras.optimizers.Optimizer,
                  weight_cfg: config_pb2.OptimizerConfig, alpha_cfg: config_pb2.OptimizerConfig, order: int = 1,
-                 **kw):
+                 beta_regularization: float = 0.0, epochs: int = 1, steps_per_epoch: int = 1, **kw):
         super().__init__(net, name=kw.pop("name", "bilevel_search"), **kw)
         if order not in (1, 2):
             raise ValueError(f"DARTS order must be 1 or 2, got {order}")
         self.order = order
         self.weight_opt, self.alpha_opt = weight_opt, alpha_opt
         self.weight_cfg, self.alpha_cfg = weight_cfg, alpha_cfg
+        self.beta, self.epochs, self.steps_per_epoch = float(beta_regularization), max(epochs, 1), max(steps_per_epoch, 1)
         self.weight_opt.build(net.weights_only)
         self.alpha_opt.build(net.alphas)
         self.built = True
@@ -76,15 +81,31 @@ class BilevelSearch(Trainer):
         self.weight_opt.apply_gradients(zip(grads, weights))
         return logits, loss
 
+    def beta_weight(self):
+        """lambda of the beta-DARTS term at this step: beta * epoch / epochs."""
+        epoch = tf.cast(self.alpha_opt.iterations // self.steps_per_epoch, tf.float32)
+        return self.beta * epoch / self.epochs
+
+    def beta_term(self, alphas):
+        """Mean over every edge of every alpha group of logsumexp(alpha row)."""
+        rows = tf.concat([tf.reduce_logsumexp(getattr(a, "value", a), axis=-1) for a in alphas], axis=0)
+        return tf.reduce_mean(rows)
+
     def alpha_step(self, x_train, y_train, x_val, y_val):
         alphas = self.net.alphas
         if self.order == 1:
             with _watching(alphas) as tape:
                 logits = self.net(x_val, training=True)
                 loss = cross_entropy(logits, y_val)
+                if self.beta:
+                    loss = loss + self.beta_weight() * self.beta_term(alphas)
             grads = tape.gradient(loss, alphas)
         else:
             logits, grads = self.second_order_alpha_gradients(x_train, y_train, x_val, y_val)
+            if self.beta:  # the term does not depend on the weights: its gradient adds to the unrolled one
+                with _watching(alphas) as tape:
+                    term = self.beta_weight() * self.beta_term(alphas)
+                grads = [g + r for g, r in zip(grads, tape.gradient(term, alphas))]
         grads = optim.prepare_gradients(grads, alphas, self.alpha_cfg)
         self.alpha_opt.apply_gradients(zip(grads, alphas))
         return logits

@@ -2,7 +2,8 @@
 
 Per step: losses and accuracies of both splits and the learning rates. Per epoch: the same averages, the
 mean entropy of each alpha group's softmax (a collapsing search drops fast), a heat map of each alpha
-matrix (edges x operations), and the cells that finalisation would pick now. The alpha history is also
+matrix (edges x operations), the cells that finalisation would pick now and how many skip connections and
+parameter-free operations they keep. The alpha history is also
 appended to `alpha_history.jsonl`, one line per epoch, for plotting without TensorBoard.
 """
 from __future__ import annotations
@@ -51,9 +52,9 @@ class SearchMonitor(EpochCallback):
     """TensorBoard summaries and the alpha history of a DARTS search."""
 
     def __init__(self, run_dir: pathlib.Path, writer, net, supernet_desc, edges_per_node: int,
-                 log_every_steps: int = 10):
+                 max_skip_connect: int = 0, log_every_steps: int = 10):
         self.run_dir = pathlib.Path(run_dir)
-        self.net, self.desc, self.k = net, supernet_desc, edges_per_node
+        self.net, self.desc, self.k, self.max_skip = net, supernet_desc, edges_per_node, max_skip_connect
         self.writer = writer
         self.log_every = max(1, log_every_steps)
 
@@ -78,8 +79,10 @@ class SearchMonitor(EpochCallback):
                 primitives = list(self.desc.alpha_groups[g].primitives)
                 image = alpha_heatmap(w, primitives, f"{g} alphas (softmax), epoch {epoch + 1}")
                 tf.summary.image(f"alphas/{g}", draw.to_tensor_image(image))
-            final = darts.finalize(self.desc, alphas, self.k)
+            final = darts.finalize(self.desc, alphas, self.k, self.max_skip)
             tf.summary.image("cells/finalised", draw.to_tensor_image(draw.draw_cells(final)))
+            for name, count in darts.counts(final).items():  # a collapse onto skips shows as these rising
+                tf.summary.scalar(f"cells/{name}", count)
         self.writer.flush()
         record = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()},
                   "alphas": {g: a.tolist() for g, a in alphas.items()}}
