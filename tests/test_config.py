@@ -276,6 +276,14 @@ def test_the_selected_algorithm_checks_its_own_section(override, message):
     cfg.load_config(None, [override])  # DARTS selected: the random section is not read
 
 
+@pytest.mark.parametrize("override, message", [
+    ("search.darts.max_skip_connect=-1", "search.darts.max_skip_connect: must be >= 0 (0: no cap), got -1"),
+    ("search.darts.beta_regularization=-2", "search.darts.beta_regularization: must be >= 0 (0: off), got -2.0"),
+])
+def test_darts_collapse_options_are_checked(override, message):
+    assert error(None, [override]) == f"--set {override}: {message}"
+
+
 PETRIDISH = ["search.algorithm=PETRIDISH", "search.macro.project_output=true"]
 
 

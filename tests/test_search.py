@@ -93,7 +93,7 @@ def test_run_directory_and_tensorboard(tmp_path):
             tags.update(v.tag for v in event.summary.value)
     for tag in ("epoch/loss", "epoch/accuracy", "epoch/val_loss", "epoch/val_accuracy", "epoch/lr",
                 "epoch/alpha_lr", "alpha_entropy/normal", "alpha_entropy/reduction", "alphas/normal",
-                "alphas/reduction", "cells/finalised"):
+                "alphas/reduction", "cells/finalised", "cells/normal/skip_connect", "cells/reduction/parameter_free"):
         assert tag in tags, tag
     # A finished search is not run again: the same command returns the stored result.
     assert runner.search(tiny_config("search.darts.order=2"), tmp_path, verbose=0) == final
