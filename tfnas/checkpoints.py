@@ -126,6 +126,11 @@ def commit(run_dir: str | os.PathLike, key: str, write: Callable[[pathlib.Path],
 _STATE_SUFFIX = ".state.pbtxt"
 
 
+def _checkpoint_of(state_file: pathlib.Path) -> str:
+    """The TF checkpoint a state file belongs to: `ckpt-3.state.pbtxt` -> `ckpt-3`."""
+    return state_file.name[: -len(_STATE_SUFFIX)]
+
+
 def latest_state(run_dir: str | os.PathLike, key: str) -> search_pb2.LoopState | None:
     """The newest LoopState the loop `key` saved (read only, nothing restored); None if it saved none."""
     files = LoopCheckpoint.state_files(loop_dir(run_dir, key))
@@ -147,6 +152,13 @@ class LoopCheckpoint:
         self.checkpoint = tf.train.Checkpoint(**objects)
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.dir), max_to_keep=max_to_keep)
 
+    @classmethod
+    def of_trainer(cls, run_dir: str | os.PathLike, key: str, trainer) -> "LoopCheckpoint":
+        """The checkpoint of a loop that trains `trainer` (tfnas.train.trainer): its network's variables by
+        path, its metric totals and its optimisers."""
+        return cls(run_dir, key, net=named_variables(trainer.net), metrics=metric_variables(trainer.trackers),
+                   **trainer.checkpointed())
+
     @property
     def done(self) -> bool:
         return is_done(self.run_dir, self.key)
@@ -164,14 +176,14 @@ class LoopCheckpoint:
         write_atomic(self.dir / f"{name}{_STATE_SUFFIX}", text_format.MessageToString(saved))
         kept = {os.path.basename(p) for p in self.manager.checkpoints}
         for path in self.dir.glob(f"*{_STATE_SUFFIX}"):
-            if path.name[: -len(_STATE_SUFFIX)] not in kept:
+            if _checkpoint_of(path) not in kept:
                 path.unlink(missing_ok=True)
 
     @staticmethod
     def state_files(directory: pathlib.Path) -> list[pathlib.Path]:
         """A loop directory's state files, newest checkpoint first."""
         def number(path: pathlib.Path) -> int:
-            tail = path.name[: -len(_STATE_SUFFIX)].rpartition("-")[2]
+            tail = _checkpoint_of(path).rpartition("-")[2]
             return int(tail) if tail.isdigit() else -1
         return sorted(directory.glob(f"*{_STATE_SUFFIX}"), key=number, reverse=True) if directory.is_dir() else []
 
@@ -182,7 +194,7 @@ class LoopCheckpoint:
         states = self.state_files(self.dir)
         for n, path in enumerate(states):
             state = search_pb2.LoopState()
-            prefix = self.dir / path.name[: -len(_STATE_SUFFIX)]
+            prefix = self.dir / _checkpoint_of(path)
             try:
                 text_format.Parse(path.read_text(), state)
                 self.checkpoint.restore(str(prefix)).assert_existing_objects_matched()
@@ -190,8 +202,8 @@ class LoopCheckpoint:
                 raise
             except Exception as err:  # noqa: BLE001 - TF's reader raises IndexError, OpError, ValueError, ...
                 detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
-                after = f"resuming from {states[n + 1].name[: -len(_STATE_SUFFIX)]}" if n + 1 < len(states) else \
-                    "no older checkpoint to resume from"
+                after = (f"resuming from {_checkpoint_of(states[n + 1])}" if n + 1 < len(states)
+                         else "no older checkpoint to resume from")
                 print(f"warning: {prefix}: unreadable checkpoint ({detail}); {after}", file=sys.stderr)
                 continue
             return state

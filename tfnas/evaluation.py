@@ -30,9 +30,9 @@ from tfnas.train.supervised import SupervisedTrainer
 
 
 def has_weights(out: pathlib.Path) -> bool:
-    """Whether an evaluation directory holds finished, trained weights: its training loop committed them
-    (they are written before its done marker)."""
-    return checkpoints.is_done(out, checkpoints.EVAL) and (out / f"{rundir.WEIGHTS}.index").exists()
+    """Whether an evaluation directory holds finished, trained weights: its training loop is done, and it
+    writes them before its done marker."""
+    return checkpoints.is_done(out, checkpoints.EVAL)
 
 
 def test_accuracy(logits_of, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, float]:
@@ -123,9 +123,7 @@ def evaluate(config: config_pb2.ExperimentConfig, arch: str | pb.ModelDesc, out_
             net.drop_rate.assign(e.drop_path_prob * epoch / max(e.trainer.epochs, 1))
 
     # The drop-path seed generator's state is one of the net's variables, so it is saved with it.
-    loop_ckpt = checkpoints.LoopCheckpoint(out, checkpoints.EVAL, net=checkpoints.named_variables(net),
-                                           metrics=checkpoints.metric_variables(trainer.trackers),
-                                           **trainer.checkpointed())
+    loop_ckpt = checkpoints.LoopCheckpoint.of_trainer(out, checkpoints.EVAL, trainer)
     monitor = EvalMonitor(out, net, dataset.test, mean, std, e.trainer.batch_size)
 
     def finish(_outputs, logs):

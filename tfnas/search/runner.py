@@ -82,14 +82,19 @@ class SearchRun:
         cap = (trainer or self.config.search.trainer).max_steps_per_epoch
         return min(steps, cap) if cap else steps
 
-    def compile(self, desc: pb.ModelDesc) -> compiler.NasModel:
+    def compile(self, desc: pb.ModelDesc, seed: int | None = None) -> compiler.NasModel:
+        """`desc` compiled with the search options; with `seed`, its new weights' values depend on it alone
+        (what a resumed search needs to rebuild exactly what an uninterrupted one built)."""
+        if seed is not None:
+            import keras
+            keras.utils.set_random_seed(seed)
         return compiler.compile_model(desc, search_options(self.config))
 
-    def train(self, key: str, trainer, net: compiler.NasModel, streams: Sequence[data_lib.BatchStream],
+    def train(self, key: str, trainer, streams: Sequence[data_lib.BatchStream],
               epochs: int, steps: int, callbacks: Sequence[EpochCallback] = (),
               trainer_config: config_pb2.TrainerConfig | None = None,
               outputs: Callable[[pathlib.Path, dict], None] | None = None) -> tuple[dict, bool]:
-        """Trains `trainer` (train_step, trackers, reset_trackers, step_counter, checkpointed()) for `epochs`
+        """Trains `trainer` (net, train_step, trackers, reset_trackers, step_counter, checkpointed()) for `epochs`
         as the keyed loop `key`: resumed from its checkpoint if it has one (a finished loop only restores
         its final state), saved at every epoch end (and every checkpoint_every_steps of `trainer_config`,
         default search.trainer), committed at the end (`outputs(dir, logs)` writes what the loop hands on, then
@@ -98,9 +103,7 @@ class SearchRun:
         cfg = trainer_config or self.config.search.trainer
         step = training_step(self.config, trainer, self.dataset.image_shape, self.mean, self.std, len(streams),
                              batch_size=streams[0].batch_size)
-        loop_ckpt = checkpoints.LoopCheckpoint(self.out, key, net=checkpoints.named_variables(net),
-                                               metrics=checkpoints.metric_variables(trainer.trackers),
-                                               **trainer.checkpointed())
+        loop_ckpt = checkpoints.LoopCheckpoint.of_trainer(self.out, key, trainer)
         with runtime.training_graph_options(self.config.runtime.graph_optimizer):
             logs = run_loop(step, streams, epochs, steps, loop_ckpt, trainer.reset_trackers, callbacks=callbacks,
                             checkpoint_every_steps=cfg.checkpoint_every_steps, verbose=self.verbose,

@@ -43,7 +43,8 @@ def run_loop(step_fn: Callable[..., dict], streams: Sequence[BatchStream], epoch
              checkpoint_every_steps: int = 0, verbose: int = 1, stop_after_steps: int | None = None,
              outputs: Callable[[pathlib.Path, dict], None] | None = None) -> dict:
     """Runs `epochs` epochs of `step_fn(*batches)`; resumes from `checkpoint` if it holds state. At the end
-    the loop commits: `outputs(dir)` writes what it hands on, then its done marker (LoopCheckpoint.commit).
+    the loop commits: `outputs(dir, logs)` writes what it hands on (from the trained objects and the last
+    logs), then its done marker (LoopCheckpoint.commit).
     A done loop restores its final state and runs nothing.
 
     A loss (any log named "loss" or "*_loss") that is not finite raises TrainingDiverged naming the step,

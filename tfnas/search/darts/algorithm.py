@@ -39,7 +39,7 @@ class Darts(Algorithm):
         steps = run.steps_per_epoch([train_stream, val_stream])
         supernet, net, searcher = build_search(run.config, run.macro_desc, steps)
         monitor = SearchMonitor(run.out, run.writer, net, supernet, s.darts.edges_per_node, s.darts.max_skip_connect)
-        logs, done = run.train(checkpoints.SEARCH, searcher, net, [train_stream, val_stream], s.trainer.epochs, steps,
+        logs, done = run.train(checkpoints.SEARCH, searcher, [train_stream, val_stream], s.trainer.epochs, steps,
                                callbacks=[monitor])
         alphas = {g: v.numpy() for g, v in net.alpha_vars.items()}
         run.save(rundir.SUPERNET_DESC, darts.with_alphas(supernet, alphas))

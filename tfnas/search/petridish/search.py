@@ -83,9 +83,8 @@ class PetridishSearch:
         return final
 
     def compile(self, desc: pb.ModelDesc, iteration: int, phase: str) -> compiler.NasModel:
-        import keras
-        keras.utils.set_random_seed(phase_seed(self.run.seed, iteration, phase))  # the new weights' values
-        return self.run.compile(desc)
+        """`desc` compiled with its new weights drawn from (seed, iteration, phase)."""
+        return self.run.compile(desc, phase_seed(self.run.seed, iteration, phase))
 
     def load(self, i: int, phase: str) -> tuple[pb.ModelDesc, compiler.NasModel]:
         """The model a finished loop handed on: (its descriptor, compiled with the weights it committed)."""
@@ -113,7 +112,7 @@ class PetridishSearch:
             if run.verbose:
                 print(f"PetriDish iteration {i}/{self.p.n_search_iter}: pre-training "
                       f"({petridish.nodes_per_cell(desc)} nodes per cell)")
-            _, done = run.train(key, trainer, net, [stream], pre.epochs, steps, trainer_config=pre,
+            _, done = run.train(key, trainer, [stream], pre.epochs, steps, trainer_config=pre,
                                 outputs=lambda out, logs: hand_on(out, desc, net))
             if not done:
                 return None
@@ -150,7 +149,7 @@ class PetridishSearch:
                         layer.start_as_sum()
             hand_on(out, final_desc, final)
 
-        _, done = run.train(checkpoints.petridish_key(i, "archtrain"), trainer, net, [stream], s.trainer.epochs,
+        _, done = run.train(checkpoints.petridish_key(i, "archtrain"), trainer, [stream], s.trainer.epochs,
                             steps, outputs=finalise)
         return done
 

@@ -34,7 +34,6 @@ class RandomSearch(Algorithm):
         algorithm_lib.check_primitives("search.random.primitives", r.primitives)
 
     def run(self, run) -> pb.ModelDesc | None:
-        import keras
         import tensorflow as tf
 
         from tfnas import checkpoints, describe, genotypes, rundir
@@ -53,8 +52,7 @@ class RandomSearch(Algorithm):
                 continue
             desc = random_lib.sample(run.macro_desc, list(r.primitives), r.edges_per_node, run.seed, trial)
             seed = random_lib.trial_seed(run.seed, trial)
-            keras.utils.set_random_seed(seed)  # the trial's initial weights depend on (seed, trial) alone
-            net = run.compile(desc)
+            net = run.compile(desc, seed)  # the trial's initial weights depend on (seed, trial) alone
             stream = run.stream(run.weight_split, seed)
             steps = run.steps_per_epoch([stream])
             opt = optim.make_optimizer(s.trainer.optimizer, r.epochs, steps, "optimizer")
@@ -71,7 +69,7 @@ class RandomSearch(Algorithm):
                           "genotype": size["genotype"], "seconds": time.perf_counter() - start}
                 write_atomic(out / RESULT_FILE, json.dumps(result, indent=1))
 
-            _, done = run.train(key, trainer, net, [stream], r.epochs, steps, outputs=score)
+            _, done = run.train(key, trainer, [stream], r.epochs, steps, outputs=score)
             if not done:
                 return None
             result = json.loads(result_path.read_text())
