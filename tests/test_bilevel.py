@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfnas import compiler, macro
+from tfnas import alphas as alphas_lib, compiler, macro
 from tfnas.proto import config_pb2
 from tfnas.proto import descriptors_pb2 as pb
 from tfnas.search import darts
@@ -412,7 +412,8 @@ def test_finalisation_is_the_ops_protocol_plain_edges_are_required():
     node1 = [(list(e.inputs), e.op.id) for e in final.cells[0].nodes[1].edges]
     assert node1 == [([2], "c0.n1.e2.sep_conv_3x3"), ([0], "c0.n1.fixed")]  # edge order kept
     assert registry.op_class("skip_connect").finalize_edge(fixed, {}) == (fixed, None)
-    edge, rank = registry.op_class("mixed").finalize_edge(desc.cells[0].nodes[0].edges[1], {"normal": alphas})
+    edge, rank = registry.op_class("mixed").finalize_edge(desc.cells[0].nodes[0].edges[1],
+                                                          {"normal": alphas_lib.softmax(alphas)})
     op = edge.op
     assert list(edge.inputs) == [1] and op.name == "sep_conv_3x3" and rank == pytest.approx(np.exp(1) / (np.exp(1) + 3))
     assert op.rank == pytest.approx(rank)  # stored as float32
@@ -458,3 +459,24 @@ def test_beta_regularisation_ramps_up_and_adds_its_gradient_to_the_alpha_step():
 def darts_softmax(a):
     e = np.exp(a - a.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_warm_up_epochs_train_the_weights_alone(order):
+    """During the warm-up the alphas and their optimiser stay as they were, the weights train, and the
+    validation batch still gives its figures; the first step after it is an alpha step."""
+    search = make_search(order=order)
+    warm = BilevelSearch(search.net, search.weight_opt, search.alpha_opt, search.weight_cfg, search.alpha_cfg,
+                         order=order, epochs=2, steps_per_epoch=2, warmup_epochs=1)
+    step = tf.function(warm.train_step)
+    xt, yt, xv, yv = batches()
+    alphas, weights = values(search.net.alphas), values(search.net.weights_only)
+    for _ in range(2):
+        logs = step(((xt, yt), (xv, yv)))
+    assert all(np.array_equal(a, b) for a, b in zip(values(search.net.alphas), alphas))
+    assert int(warm.alpha_opt.iterations) == 0 and int(warm.weight_opt.iterations) == 2
+    assert not all(np.array_equal(a, b) for a, b in zip(values(search.net.weights_only), weights))
+    assert np.isfinite(float(logs["val_loss"])) and 0 <= float(logs["val_accuracy"]) <= 1
+    step(((xt, yt), (xv, yv)))
+    assert int(warm.alpha_opt.iterations) == 1
+    assert not any(np.array_equal(a, b) for a, b in zip(values(search.net.alphas), alphas))

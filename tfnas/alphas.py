@@ -40,3 +40,28 @@ def alpha_arrays(desc: pb.ModelDesc) -> dict[str, np.ndarray]:
         if spec.primitives and len(spec.values) == shape[0] * shape[1] and shape[0]:
             out[group] = np.asarray(spec.values, np.float32).reshape(shape)
     return out
+
+
+def node_softmax(values: np.ndarray, node_edges: Sequence[int]) -> np.ndarray:
+    """Softmax over the rows of each node (PC-DARTS's edge weights): `node_edges` consecutive rows per node."""
+    values = np.asarray(values, np.float64)
+    if sum(node_edges) != len(values):
+        raise ValueError(f"node_edges {list(node_edges)} do not cover {len(values)} edges")
+    out, start = np.empty_like(values), 0
+    for n in node_edges:
+        block = values[start:start + n]
+        e = np.exp(block - block.max(axis=0, keepdims=True))
+        out[start:start + n] = e / e.sum(axis=0, keepdims=True)
+        start += n
+    return out
+
+
+def group_weights(spec: pb.AlphaGroupDesc, values: np.ndarray) -> np.ndarray:
+    """What the edges read of an alpha group (float64), as the compiled network computes it: softmax over
+    each row (DARTS), the values themselves (LINEAR: PetriDish), or a softmax over each node's rows
+    (NODE_SOFTMAX: PC-DARTS's edge weights)."""
+    if spec.weighting == pb.AlphaGroupDesc.LINEAR:
+        return np.asarray(values, np.float64)
+    if spec.weighting == pb.AlphaGroupDesc.NODE_SOFTMAX:
+        return node_softmax(values, spec.node_edges)
+    return softmax(values)

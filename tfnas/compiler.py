@@ -84,12 +84,15 @@ class Cell(keras.layers.Layer):
                 y = drop_path(y, drop_rate, seed_generator)
             pending[node].append(y)
 
+        def scaled(op, row, y):  # PC-DARTS's edge normalisation: the edge's output times its edge weight
+            return y * edge_weights[op.edge_group][row, 0] if op.edge_group else y
+
         def run_groups(state):  # every mixed edge reading `state`, as soon as it exists
             for layer, group, targets in self.groups.get(state, ()):
                 rows = tuple(row for _, row in targets)
-                for (node, _), y in zip(targets, layer(states[state], weights=edge_weights[group], rows=rows,
-                                                       **run)):
-                    contribute(node, y, self.options.drop_path)
+                for (node, row), y in zip(targets, layer(states[state], weights=edge_weights[group], rows=rows,
+                                                         **run)):
+                    contribute(node, scaled(layer.desc, row, y), self.options.drop_path)
 
         run_groups(0)
         run_groups(1)
@@ -98,6 +101,7 @@ class Cell(keras.layers.Layer):
                 if reads_alphas(layer.desc):
                     y = layer(*[states[i] for i in inputs], weights=edge_weights[layer.desc.alpha_group],
                               rows=(layer.desc.alpha_index,), **run)[0]
+                    y = scaled(layer.desc, layer.desc.alpha_index, y)
                 else:
                     y = layer(*[states[i] for i in inputs], **run)
                 contribute(n, y, use_drop_path)
@@ -132,10 +136,11 @@ class Cell(keras.layers.Layer):
 
 
 def _group_key(edge: pb.EdgeDesc) -> tuple:
-    """Mixed edges that can share one batched layer: same input, alpha group, candidates and shape."""
+    """Mixed edges that can share one batched layer: same input, alpha groups, candidates and shape."""
     op = edge.op
     candidates = tuple((c.name, c.stride, c.in_channels, c.out_channels, c.kernel_size) for c in op.candidates)
-    return (edge.inputs[0], op.alpha_group, op.stride, op.in_channels, op.out_channels, candidates)
+    return (edge.inputs[0], op.alpha_group, op.edge_group, op.partial_channels, op.stride, op.in_channels,
+            op.out_channels, candidates)
 
 
 def _group_desc(cell: pb.CellDesc, state: int, index: int, first: pb.OpDesc) -> pb.OpDesc:
@@ -200,11 +205,20 @@ class NasModel(keras.Model):
         return [v for v in self.trainable_variables if id(v) not in alpha_ids]
 
     def edge_weights(self) -> dict:
-        """Each group's candidate weights, once per forward pass: softmax(alpha) (DARTS) or alpha itself
-        (a LINEAR group: PetriDish); the edges read their rows of it."""
-        linear = pb.AlphaGroupDesc.LINEAR
-        return {group: alpha if self.desc.alpha_groups[group].weighting == linear else tf.nn.softmax(alpha, axis=-1)
-                for group, alpha in self.alpha_vars.items()}
+        """Each group's weights, once per forward pass, as alphas.group_weights computes them: softmax(alpha)
+        (DARTS), alpha itself (LINEAR: PetriDish) or a softmax over each node's rows (NODE_SOFTMAX:
+        PC-DARTS's edge weights); the edges read their rows of it."""
+        out = {}
+        for group, alpha in self.alpha_vars.items():
+            spec = self.desc.alpha_groups[group]
+            if spec.weighting == pb.AlphaGroupDesc.LINEAR:
+                out[group] = alpha
+            elif spec.weighting == pb.AlphaGroupDesc.NODE_SOFTMAX:
+                parts = tf.split(alpha, list(spec.node_edges), axis=0)
+                out[group] = tf.concat([tf.nn.softmax(p, axis=0) for p in parts], axis=0)
+            else:
+                out[group] = tf.nn.softmax(alpha, axis=-1)
+        return out
 
     def forward(self, x, training=False, update_statistics=True):
         """(logits, auxiliary logits). `update_statistics=False`: a training pass that normalises by its

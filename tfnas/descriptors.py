@@ -127,6 +127,20 @@ def validate(desc: pb.ModelDesc, where: str = "descriptor") -> None:
                      f"{inputs} state(s)")
             check_parts(part, inputs, at)
 
+    def check_alpha_reads(op: pb.OpDesc, at: str):
+        """A partial-channel edge splits its width evenly; an edge's weight group exists and has its row."""
+        k = op.partial_channels
+        if k > 1 and (op.in_channels % k or any(c.in_channels != op.in_channels // k for c in op.candidates)):
+            fail(f"{at}: partial_channels {k} needs in_channels ({op.in_channels}) a multiple of {k} and "
+                 f"candidates of in_channels {op.in_channels // k}")
+        if op.edge_group:
+            spec = desc.alpha_groups[op.edge_group] if op.edge_group in desc.alpha_groups else None
+            if spec is None or spec.weighting != pb.AlphaGroupDesc.NODE_SOFTMAX:
+                fail(f"{at}: edge_group {op.edge_group!r} is not an alpha group with weighting NODE_SOFTMAX")
+            if sum(spec.node_edges) != spec.num_edges or not 0 <= op.alpha_index < spec.num_edges:
+                fail(f"{at}: edge_group {op.edge_group!r} has node_edges {list(spec.node_edges)} for "
+                     f"{spec.num_edges} edges; row {op.alpha_index} is not one of them")
+
     if len(desc.input_shape) != 3 or min(desc.input_shape) < 1:
         fail(f"input_shape must be [height, width, channels], got {list(desc.input_shape)}")
     if desc.num_classes < 1:
@@ -164,6 +178,7 @@ def validate(desc: pb.ModelDesc, where: str = "descriptor") -> None:
                     fail(f"{at}: channel mismatch: in_channels {edge.op.in_channels} != cell channels "
                          f"{cell.channels}")
                 check_parts(edge.op, len(edge.inputs), at)
+                check_alpha_reads(edge.op, at)
         n_states = 2 + len(cell.nodes)
         for s in concat_states(cell):
             if s < 0 or s >= n_states:

@@ -104,10 +104,11 @@ class OpLayer(keras.layers.Layer):
         return layout
 
     @classmethod
-    def finalize_edge(cls, edge: pb.EdgeDesc, alphas) -> tuple[pb.EdgeDesc, float | None]:
+    def finalize_edge(cls, edge: pb.EdgeDesc, weights) -> tuple[pb.EdgeDesc, float | None]:
         """What an edge with this op becomes in the final architecture (its op and the states it reads), and
         its rank among the node's edges: a plain op stays as it is and is required (None: always kept).
-        Ops that read architecture weights (`alphas`: {alpha group: [edges x candidates]}) override this."""
+        Ops that read architecture weights override this; `weights` are what the edges read of each alpha
+        group ({group: [edges x candidates]}, as `alphas.group_weights` computes them)."""
         return edge, None
 
     def macs_of(self, sizes: list[tuple[int, int]]) -> int:

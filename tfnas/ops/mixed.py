@@ -12,6 +12,12 @@ Built with `copies=k`, one MixedOp is the k mixed edges of a cell that read the 
 it is tiled and weighted, or, in alpha passes where that is faster (`_fold_pool_weight`), over the k
 copies of that output with each edge's softmax weight folded in as its scale, as the weighted candidates
 fold theirs. The result is the k edges' outputs, each exactly the single-edge mixed op's.
+
+With `partial_channels` K > 1 (PC-DARTS, Xu et al. 2020) the candidates see only the first 1/K of the
+input's channels and are built at that width, so the supernet holds about 1/K of the candidates'
+activations; the other channels bypass the edge (max-pooled 2x2 on a stride-2 edge, as in the paper's
+code), are concatenated after the mixed part and the result is shuffled in K channel groups, so the next
+edges see a different slice of each state. The k copies of a grouped op share the bypass.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.eager import record  # private, stable in the pinned TF range
 
-from tfnas.alphas import softmax, strongest
+from tfnas.alphas import strongest
 from tfnas.ops.batchnorm import BatchNorm
 from tfnas.ops.channels import tile_channels
 from tfnas.ops.constants import per_graph
@@ -37,6 +43,7 @@ class MixedOp(OpLayer):
         super().__init__(desc, options, **kw)
         if not desc.candidates:
             raise ValueError(f"operation {desc.id}: a mixed op needs candidates")
+        self.partial = max(desc.partial_channels, 1)
         self.primitives = [c.name for c in desc.candidates]
         self.branches = []  # (alpha column, layer, pool BN or None)
         for column, cand in enumerate(desc.candidates):
@@ -49,6 +56,16 @@ class MixedOp(OpLayer):
     def call(self, x, weights=None, rows=None, training=False, update_statistics=True):
         """`weights`: softmax rows [edges, candidates]; `rows`: the `copies` rows this op's edges read
         (default: the first `copies`). Returns the `copies` edge outputs."""
+        if self.partial == 1:
+            return self._mix(x, weights, rows, training, update_statistics)
+        c = x.shape[-1] // self.partial
+        bypass = x[..., c:]
+        if self.stride == 2:
+            bypass = tf.nn.max_pool2d(bypass, 2, 2, "SAME")
+        outs = self._mix(x[..., :c], weights, rows, training, update_statistics)
+        return [shuffle_channels(tf.concat([y, bypass], axis=-1), self.partial) for y in outs]
+
+    def _mix(self, x, weights, rows, training, update_statistics):
         k = self.copies
         weights = tf.convert_to_tensor(weights, tf.float32)
         rows = tuple(range(k)) if rows is None else tuple(rows)
@@ -57,7 +74,7 @@ class MixedOp(OpLayer):
         # Per candidate, each edge's weight repeated over its channels: columns[c] is a [k * channels]
         # vector. One MatMul with a 0/1 matrix picks and repeats them, exactly (one non-zero term per
         # entry); its gradient is a MatMul too, where gather/tile/reshape took about 30 ops to trace.
-        channels = self.desc.out_channels or self.desc.in_channels
+        channels = (self.desc.out_channels or self.desc.in_channels) // self.partial
         expand = _row_expansion(int(weights.shape[0]), rows, channels)
         columns = tf.unstack(tf.raw_ops.MatMul(a=weights, b=expand, transpose_a=True, transpose_b=False))
         terms, shared, blocked = [], SharedInputs(), {}  # blocked: block size -> outputs in that layout
@@ -112,14 +129,20 @@ class MixedOp(OpLayer):
         return {column: branch_layout(layer, bn) for column, layer, bn in self.branches}
 
     @classmethod
-    def finalize_edge(cls, edge, alphas):
+    def finalize_edge(cls, edge, weights):
         """The strongest candidate other than `none` under the edge's softmax weights (its alpha row), with
-        that weight as its rank; on a tie the earlier candidate, as in the reference code."""
+        that weight as its rank; on a tie the earlier candidate, as in the reference code. With edge
+        normalisation the rank is that weight times the edge's weight (PC-DARTS); the operation is still
+        the row's strongest. A partial-channel candidate comes back at the edge's full width."""
         desc = edge.op
-        weights = softmax(np.asarray(alphas[desc.alpha_group], np.float64)[desc.alpha_index])
-        column, weight = strongest(weights, [c.name for c in desc.candidates])
+        row = np.asarray(weights[desc.alpha_group], np.float64)[desc.alpha_index]
+        column, weight = strongest(row, [c.name for c in desc.candidates])
+        if desc.edge_group:
+            weight *= float(np.asarray(weights[desc.edge_group], np.float64)[desc.alpha_index, 0])
         chosen = pb.EdgeDesc(op=desc.candidates[column], inputs=edge.inputs)
         chosen.op.rank = weight
+        if desc.partial_channels > 1:
+            chosen.op.in_channels, chosen.op.out_channels = desc.in_channels, desc.out_channels
         return chosen, weight
 
 
@@ -150,6 +173,14 @@ def branch_layout(layer: OpLayer, bn: BatchNorm | None) -> dict:
                 raise ValueError(f"operation {layer.desc.id}: {layer.desc.name} has a weight {name!r} of its own")
             layout[name] = (v, axis)
     return layout
+
+
+def shuffle_channels(x, groups: int):
+    """PC-DARTS's channel shuffle in NHWC: channel g * (C / groups) + j moves to j * groups + g."""
+    shape = tf.shape(x)
+    c = x.shape[-1]
+    y = tf.reshape(x, [shape[0], shape[1], shape[2], groups, c // groups])
+    return tf.reshape(tf.transpose(y, [0, 1, 2, 4, 3]), shape)
 
 
 def _fold_pool_weight(copies: int, channels: int) -> bool:

@@ -71,13 +71,13 @@ class PetriDishOp(OpLayer):
         return {}
 
     @classmethod
-    def finalize_edge(cls, edge, alphas):
+    def finalize_edge(cls, edge, weights):
         """The join of the `op.keep` (input, candidate) pairs of largest |weight| (ties: the earlier input,
         then the earlier candidate), strongest first, each with its signed weight as rank; it reads only
         their states, and it is required (rank None): later finalisations never drop it. By magnitude:
         the join's projection can take either sign, and the L1 penalty drives the useless ones to zero."""
         desc = edge.op
-        values = np.asarray(alphas[desc.alpha_group], np.float64)
+        values = np.asarray(weights[desc.alpha_group], np.float64)  # a LINEAR group: the values themselves
         pairs = []
         for part in desc.candidates:
             for column, cand in enumerate(part.candidates):

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtfnas/proto/descriptors.proto\x12\x05tfnas\"\x91\x02\n\x06OpDesc\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0e\n\x06stride\x18\x03 \x01(\x05\x12\x13\n\x0bin_channels\x18\x04 \x01(\x05\x12\x14\n\x0cout_channels\x18\x05 \x01(\x05\x12\x13\n\x0bkernel_size\x18\x06 \x01(\x05\x12!\n\ncandidates\x18\x07 \x03(\x0b\x32\r.tfnas.OpDesc\x12\x13\n\x0b\x61lpha_group\x18\x08 \x01(\t\x12\x13\n\x0b\x61lpha_index\x18\t \x01(\x05\x12\x0c\n\x04rank\x18\n \x01(\x02\x12\x13\n\x0binput_index\x18\x0b \x01(\x05\x12\x1f\n\x08\x63hildren\x18\x0c \x03(\x0b\x32\r.tfnas.OpDesc\x12\x0c\n\x04keep\x18\r \x01(\x05\"5\n\x08\x45\x64geDesc\x12\x19\n\x02op\x18\x01 \x01(\x0b\x32\r.tfnas.OpDesc\x12\x0e\n\x06inputs\x18\x02 \x03(\x05\"6\n\x08NodeDesc\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1e\n\x05\x65\x64ges\x18\x02 \x03(\x0b\x32\x0f.tfnas.EdgeDesc\"\xd8\x01\n\x08\x43\x65llDesc\x12\n\n\x02id\x18\x01 \x01(\t\x12\"\n\tcell_type\x18\x02 \x01(\x0e\x32\x0f.tfnas.CellType\x12\x10\n\x08\x63hannels\x18\x03 \x01(\x05\x12\x1c\n\x05s0_op\x18\x04 \x01(\x0b\x32\r.tfnas.OpDesc\x12\x1c\n\x05s1_op\x18\x05 \x01(\x0b\x32\r.tfnas.OpDesc\x12\x1e\n\x05nodes\x18\x06 \x03(\x0b\x32\x0f.tfnas.NodeDesc\x12\x0e\n\x06\x63oncat\x18\x07 \x03(\x05\x12\x1e\n\x07post_op\x18\x08 \x01(\x0b\x32\r.tfnas.OpDesc\"R\n\x0c\x41uxTowerDesc\x12\x12\n\nafter_cell\x18\x01 \x01(\x05\x12\x19\n\x02op\x18\x02 \x01(\x0b\x32\r.tfnas.OpDesc\x12\x13\n\x0bloss_weight\x18\x03 \x01(\x02\"\xeb\x02\n\tModelDesc\x12\x13\n\x0binput_shape\x18\x01 \x03(\x05\x12\x13\n\x0bnum_classes\x18\x02 \x01(\x05\x12\x1b\n\x04stem\x18\x03 \x01(\x0b\x32\r.tfnas.OpDesc\x12\x1e\n\x05\x63\x65lls\x18\x04 \x03(\x0b\x32\x0f.tfnas.CellDesc\x12\'\n\naux_towers\x18\x05 \x03(\x0b\x32\x13.tfnas.AuxTowerDesc\x12\x1b\n\x04pool\x18\x06 \x01(\x0b\x32\r.tfnas.OpDesc\x12\x1d\n\x06logits\x18\x07 \x01(\x0b\x32\r.tfnas.OpDesc\x12\x37\n\x0c\x61lpha_groups\x18\x08 \x03(\x0b\x32!.tfnas.ModelDesc.AlphaGroupsEntry\x12\x0e\n\x06source\x18\t \x01(\t\x1aI\n\x10\x41lphaGroupsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.tfnas.AlphaGroupDesc:\x02\x38\x01\"\xa1\x01\n\x0e\x41lphaGroupDesc\x12\x12\n\nprimitives\x18\x01 \x03(\t\x12\x11\n\tnum_edges\x18\x02 \x01(\x05\x12\x0e\n\x06values\x18\x03 \x03(\x02\x12\x32\n\tweighting\x18\x04 \x01(\x0e\x32\x1f.tfnas.AlphaGroupDesc.Weighting\"$\n\tWeighting\x12\x0b\n\x07SOFTMAX\x10\x00\x12\n\n\x06LINEAR\x10\x01\"\xb4\x01\n\x0f\x43ompilerOptions\x12\x12\n\naux_towers\x18\x01 \x01(\x08\x12\x11\n\tdrop_path\x18\x02 \x01(\x08\x12\x0e\n\x06\x61\x66\x66ine\x18\x03 \x01(\x08\x12\x19\n\x11group_mixed_edges\x18\x04 \x01(\x08\x12\x18\n\x10lead_edges_apart\x18\x05 \x01(\x08\x12\x1b\n\x13recompute_depthwise\x18\x06 \x01(\x08\x12\x18\n\x10nested_gradients\x18\x07 \x01(\x08*@\n\x08\x43\x65llType\x12\x19\n\x15\x43\x45LL_TYPE_UNSPECIFIED\x10\x00\x12\n\n\x06NORMAL\x10\x01\x12\r\n\tREDUCTION\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtfnas/proto/descriptors.proto\x12\x05tfnas\"\xbf\x02\n\x06OpDesc\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0e\n\x06stride\x18\x03 \x01(\x05\x12\x13\n\x0bin_channels\x18\x04 \x01(\x05\x12\x14\n\x0cout_channels\x18\x05 \x01(\x05\x12\x13\n\x0bkernel_size\x18\x06 \x01(\x05\x12!\n\ncandidates\x18\x07 \x03(\x0b\x32\r.tfnas.OpDesc\x12\x13\n\x0b\x61lpha_group\x18\x08 \x01(\t\x12\x13\n\x0b\x61lpha_index\x18\t \x01(\x05\x12\x0c\n\x04rank\x18\n \x01(\x02\x12\x13\n\x0binput_index\x18\x0b \x01(\x05\x12\x1f\n\x08\x63hildren\x18\x0c \x03(\x0b\x32\r.tfnas.OpDesc\x12\x0c\n\x04keep\x18\r \x01(\x05\x12\x18\n\x10partial_channels\x18\x0e \x01(\x05\x12\x12\n\nedge_group\x18\x0f \x01(\t\"5\n\x08\x45\x64geDesc\x12\x19\n\x02op\x18\x01 \x01(\x0b\x32\r.tfnas.OpDesc\x12\x0e\n\x06inputs\x18\x02 \x03(\x05\"6\n\x08NodeDesc\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1e\n\x05\x65\x64ges\x18\x02 \x03(\x0b\x32\x0f.tfnas.EdgeDesc\"\xd8\x01\n\x08\x43\x65llDesc\x12\n\n\x02id\x18\x01 \x01(\t\x12\"\n\tcell_type\x18\x02 \x01(\x0e\x32\x0f.tfnas.CellType\x12\x10\n\x08\x63hannels\x18\x03 \x01(\x05\x12\x1c\n\x05s0_op\x18\x04 \x01(\x0b\x32\r.tfnas.OpDesc\x12\x1c\n\x05s1_op\x18\x05 \x01(\x0b\x32\r.tfnas.OpDesc\x12\x1e\n\x05nodes\x18\x06 \x03(\x0b\x32\x0f.tfnas.NodeDesc\x12\x0e\n\x06\x63oncat\x18\x07 \x03(\x05\x12\x1e\n\x07post_op\x18\x08 \x01(\x0b\x32\r.tfnas.OpDesc\"R\n\x0c\x41uxTowerDesc\x12\x12\n\nafter_cell\x18\x01 \x01(\x05\x12\x19\n\x02op\x18\x02 \x01(\x0b\x32\r.tfnas.OpDesc\x12\x13\n\x0bloss_weight\x18\x03 \x01(\x02\"\xeb\x02\n\tModelDesc\x12\x13\n\x0binput_shape\x18\x01 \x03(\x05\x12\x13\n\x0bnum_classes\x18\x02 \x01(\x05\x12\x1b\n\x04stem\x18\x03 \x01(\x0b\x32\r.tfnas.OpDesc\x12\x1e\n\x05\x63\x65lls\x18\x04 \x03(\x0b\x32\x0f.tfnas.CellDesc\x12\'\n\naux_towers\x18\x05 \x03(\x0b\x32\x13.tfnas.AuxTowerDesc\x12\x1b\n\x04pool\x18\x06 \x01(\x0b\x32\r.tfnas.OpDesc\x12\x1d\n\x06logits\x18\x07 \x01(\x0b\x32\r.tfnas.OpDesc\x12\x37\n\x0c\x61lpha_groups\x18\x08 \x03(\x0b\x32!.tfnas.ModelDesc.AlphaGroupsEntry\x12\x0e\n\x06source\x18\t \x01(\t\x1aI\n\x10\x41lphaGroupsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.tfnas.AlphaGroupDesc:\x02\x38\x01\"\xc7\x01\n\x0e\x41lphaGroupDesc\x12\x12\n\nprimitives\x18\x01 \x03(\t\x12\x11\n\tnum_edges\x18\x02 \x01(\x05\x12\x0e\n\x06values\x18\x03 \x03(\x02\x12\x32\n\tweighting\x18\x04 \x01(\x0e\x32\x1f.tfnas.AlphaGroupDesc.Weighting\x12\x12\n\nnode_edges\x18\x05 \x03(\x05\"6\n\tWeighting\x12\x0b\n\x07SOFTMAX\x10\x00\x12\n\n\x06LINEAR\x10\x01\x12\x10\n\x0cNODE_SOFTMAX\x10\x02\"\xb4\x01\n\x0f\x43ompilerOptions\x12\x12\n\naux_towers\x18\x01 \x01(\x08\x12\x11\n\tdrop_path\x18\x02 \x01(\x08\x12\x0e\n\x06\x61\x66\x66ine\x18\x03 \x01(\x08\x12\x19\n\x11group_mixed_edges\x18\x04 \x01(\x08\x12\x18\n\x10lead_edges_apart\x18\x05 \x01(\x08\x12\x1b\n\x13recompute_depthwise\x18\x06 \x01(\x08\x12\x18\n\x10nested_gradients\x18\x07 \x01(\x08*@\n\x08\x43\x65llType\x12\x19\n\x15\x43\x45LL_TYPE_UNSPECIFIED\x10\x00\x12\n\n\x06NORMAL\x10\x01\x12\r\n\tREDUCTION\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,26 +33,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELDESC_ALPHAGROUPSENTRY']._loaded_options = None
   _globals['_MODELDESC_ALPHAGROUPSENTRY']._serialized_options = b'8\001'
-  _globals['_CELLTYPE']._serialized_start=1443
-  _globals['_CELLTYPE']._serialized_end=1507
+  _globals['_CELLTYPE']._serialized_start=1527
+  _globals['_CELLTYPE']._serialized_end=1591
   _globals['_OPDESC']._serialized_start=41
-  _globals['_OPDESC']._serialized_end=314
-  _globals['_EDGEDESC']._serialized_start=316
-  _globals['_EDGEDESC']._serialized_end=369
-  _globals['_NODEDESC']._serialized_start=371
-  _globals['_NODEDESC']._serialized_end=425
-  _globals['_CELLDESC']._serialized_start=428
-  _globals['_CELLDESC']._serialized_end=644
-  _globals['_AUXTOWERDESC']._serialized_start=646
-  _globals['_AUXTOWERDESC']._serialized_end=728
-  _globals['_MODELDESC']._serialized_start=731
-  _globals['_MODELDESC']._serialized_end=1094
-  _globals['_MODELDESC_ALPHAGROUPSENTRY']._serialized_start=1021
-  _globals['_MODELDESC_ALPHAGROUPSENTRY']._serialized_end=1094
-  _globals['_ALPHAGROUPDESC']._serialized_start=1097
-  _globals['_ALPHAGROUPDESC']._serialized_end=1258
-  _globals['_ALPHAGROUPDESC_WEIGHTING']._serialized_start=1222
-  _globals['_ALPHAGROUPDESC_WEIGHTING']._serialized_end=1258
-  _globals['_COMPILEROPTIONS']._serialized_start=1261
-  _globals['_COMPILEROPTIONS']._serialized_end=1441
+  _globals['_OPDESC']._serialized_end=360
+  _globals['_EDGEDESC']._serialized_start=362
+  _globals['_EDGEDESC']._serialized_end=415
+  _globals['_NODEDESC']._serialized_start=417
+  _globals['_NODEDESC']._serialized_end=471
+  _globals['_CELLDESC']._serialized_start=474
+  _globals['_CELLDESC']._serialized_end=690
+  _globals['_AUXTOWERDESC']._serialized_start=692
+  _globals['_AUXTOWERDESC']._serialized_end=774
+  _globals['_MODELDESC']._serialized_start=777
+  _globals['_MODELDESC']._serialized_end=1140
+  _globals['_MODELDESC_ALPHAGROUPSENTRY']._serialized_start=1067
+  _globals['_MODELDESC_ALPHAGROUPSENTRY']._serialized_end=1140
+  _globals['_ALPHAGROUPDESC']._serialized_start=1143
+  _globals['_ALPHAGROUPDESC']._serialized_end=1342
+  _globals['_ALPHAGROUPDESC_WEIGHTING']._serialized_start=1288
+  _globals['_ALPHAGROUPDESC_WEIGHTING']._serialized_end=1342
+  _globals['_COMPILEROPTIONS']._serialized_start=1345
+  _globals['_COMPILEROPTIONS']._serialized_end=1525
 # @@protoc_insertion_point(module_scope)

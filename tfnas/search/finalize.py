@@ -17,11 +17,15 @@ from tfnas.proto import descriptors_pb2 as pb
 
 
 def finalize(desc: pb.ModelDesc, alphas: Mapping[str, np.ndarray], edges_per_node: int) -> pb.ModelDesc:
-    """The discrete architecture of `desc` under `alphas` ({alpha group: [edges x candidates]}): every edge
-    finalised by its op, the alpha groups dropped."""
+    """The discrete architecture of `desc` under `alphas` ({alpha group: [edges x candidates]}; a group
+    left out keeps the values stored in `desc`): every edge finalised by its op from the weights its group
+    gives it (alphas.group_weights), the alpha groups dropped."""
+    from tfnas.alphas import alpha_arrays, group_weights
     from tfnas.ops import registry
     import tfnas.ops  # noqa: F401  (registers every op)
 
+    weights = {g: group_weights(desc.alpha_groups[g] if g in desc.alpha_groups else pb.AlphaGroupDesc(), a)
+               for g, a in {**alpha_arrays(desc), **alphas}.items()}
     final = pb.ModelDesc()
     final.CopyFrom(desc)
     final.ClearField("alpha_groups")
@@ -29,7 +33,7 @@ def finalize(desc: pb.ModelDesc, alphas: Mapping[str, np.ndarray], edges_per_nod
         for node in cell.nodes:
             required, ranked = [], []
             for position, edge in enumerate(node.edges):
-                chosen, rank = registry.op_class(edge.op.name).finalize_edge(edge, alphas)
+                chosen, rank = registry.op_class(edge.op.name).finalize_edge(edge, weights)
                 (required if rank is None else ranked).append((rank, position, chosen))
             best = sorted(ranked, key=lambda r: (-r[0], r[1]))[:edges_per_node]
             kept = sorted(required + best, key=lambda r: r[1])

@@ -25,11 +25,17 @@ PRIMITIVES = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
 
 
 def build_supernet(macro_desc: pb.ModelDesc, primitives: Sequence[str], alpha_init_scale: float = 1e-3,
-                   seed: int = 0) -> pb.ModelDesc:
-    """Fills the macro descriptor's empty nodes with mixed edges; alphas start at scale * N(0, 1)."""
+                   seed: int = 0, partial_channels: int = 1, edge_normalization: bool = False) -> pb.ModelDesc:
+    """Fills the macro descriptor's empty nodes with mixed edges; alphas start at scale * N(0, 1).
+
+    PC-DARTS (Xu et al., ICLR 2020): `partial_channels` K > 1 builds the candidates at 1/K of the cell's
+    channels (the mixed op passes the rest around them); `edge_normalization` adds one group of edge
+    weights per cell type ("normal_edges", "reduction_edges"), a softmax over each node's edges, drawn
+    after the alphas at the same scale."""
     desc = pb.ModelDesc()
     desc.CopyFrom(macro_desc)
-    edge_count = {}
+    edge_count, node_edges = {}, {}
+    k = max(partial_channels, 1)
     for cell in desc.cells:
         group = GROUPS[cell.cell_type]
         index = 0
@@ -38,19 +44,49 @@ def build_supernet(macro_desc: pb.ModelDesc, primitives: Sequence[str], alpha_in
             for state in range(2 + n):
                 op = macro_lib.make_op(cell, n, state, "mixed")
                 op.alpha_group, op.alpha_index = group, index
+                if k > 1:
+                    if cell.channels % k:
+                        raise ValueError(f"cell {cell.id}: {cell.channels} channels do not split into "
+                                         f"{k} partial-channel groups")
+                    op.partial_channels = k
+                if edge_normalization:
+                    op.edge_group = edges_group(group)
                 for name in primitives:
                     cand = macro_lib.make_op(cell, n, state, name, suffix=f".{name}")
+                    cand.in_channels //= k
+                    cand.out_channels //= k
                     op.candidates.append(cand)
                 node.edges.add(op=op, inputs=[state])
                 index += 1
         if edge_count.setdefault(group, index) != index:
             raise ValueError(f"cell {cell.id}: {group} cells differ in edge count; alphas cannot be shared")
+        node_edges[group] = [2 + n for n in range(len(cell.nodes))]
     rng = np.random.default_rng(seed)
     for group in sorted(edge_count):
         values = alpha_init_scale * rng.standard_normal((edge_count[group], len(primitives)))
         desc.alpha_groups[group].CopyFrom(pb.AlphaGroupDesc(
             primitives=list(primitives), num_edges=edge_count[group], values=values.astype(np.float32).ravel()))
+    if edge_normalization:  # drawn after every alpha, so the alphas are those of a search without it
+        for group in sorted(edge_count):
+            values = alpha_init_scale * rng.standard_normal(edge_count[group])
+            desc.alpha_groups[edges_group(group)].CopyFrom(pb.AlphaGroupDesc(
+                primitives=[EDGE_WEIGHT], num_edges=edge_count[group], values=values.astype(np.float32),
+                weighting=pb.AlphaGroupDesc.NODE_SOFTMAX, node_edges=node_edges[group]))
     return desc
+
+
+EDGE_WEIGHT = "edge"  # the one column of an edge-normalisation group
+
+
+def edges_group(group: str) -> str:
+    """The edge-normalisation group of an alpha group (PC-DARTS)."""
+    return f"{group}_edges"
+
+
+def candidate_groups(desc: pb.ModelDesc) -> list[str]:
+    """The alpha groups whose rows weigh candidate operations (softmax), without the edge weights."""
+    return [g for g in sorted(desc.alpha_groups)
+            if desc.alpha_groups[g].weighting == pb.AlphaGroupDesc.SOFTMAX]
 
 
 def with_alphas(supernet: pb.ModelDesc, alphas: Mapping[str, np.ndarray]) -> pb.ModelDesc:

@@ -26,6 +26,14 @@ class Darts(Algorithm):
         check_optimizer("search.darts.alpha_optimizer", d.alpha_optimizer)
         algorithm_lib.check_primitives("search.darts.primitives", d.primitives)
         check(d.max_skip_connect >= 0, "search.darts.max_skip_connect", ">= 0 (0: no cap)", d.max_skip_connect)
+        check(0 <= d.warmup_epochs < max(config.search.trainer.epochs, 1), "search.darts.warmup_epochs",
+              f">= 0 and below search.trainer.epochs ({config.search.trainer.epochs})", d.warmup_epochs)
+        check(d.partial_channels >= 0, "search.darts.partial_channels", ">= 0 (0 or 1: off; PC-DARTS: 4)",
+              d.partial_channels)
+        if d.partial_channels > 1:
+            check(config.search.macro.channels % d.partial_channels == 0, "search.macro.channels",
+                  f"a multiple of search.darts.partial_channels ({d.partial_channels})",
+                  config.search.macro.channels)
         check(d.beta_regularization >= 0, "search.darts.beta_regularization", ">= 0 (0: off)", d.beta_regularization)
 
     def run(self, run) -> pb.ModelDesc | None:
@@ -64,14 +72,18 @@ def build_search(config: config_pb2.ExperimentConfig, macro_desc: pb.ModelDesc, 
 
     s = config.search
     supernet = darts.build_supernet(macro_desc, list(s.darts.primitives), s.darts.alpha_init_scale,
-                                    seed=int(config.seed))
+                                    seed=int(config.seed), partial_channels=s.darts.partial_channels,
+                                    edge_normalization=s.darts.edge_normalization)
     supernet.source = f"darts search ({config.name or 'unnamed'})"
     net = compiler.compile_model(supernet, search_options(config))
     weight_opt = optim.make_optimizer(s.trainer.optimizer, s.trainer.epochs, steps_per_epoch, "weight_optimizer")
-    alpha_opt = optim.make_optimizer(s.darts.alpha_optimizer, s.trainer.epochs, steps_per_epoch, "alpha_optimizer")
+    # The alpha schedule spans the epochs that take alpha steps (those after the warm-up).
+    alpha_epochs = s.trainer.epochs - s.darts.warmup_epochs
+    alpha_opt = optim.make_optimizer(s.darts.alpha_optimizer, alpha_epochs, steps_per_epoch, "alpha_optimizer")
     searcher = BilevelSearch(net, weight_opt, alpha_opt, s.trainer.optimizer, s.darts.alpha_optimizer,
                              order=s.darts.order, beta_regularization=s.darts.beta_regularization,
-                             epochs=s.trainer.epochs, steps_per_epoch=steps_per_epoch)
+                             epochs=alpha_epochs, steps_per_epoch=steps_per_epoch,
+                             warmup_epochs=s.darts.warmup_epochs)
     return supernet, net, searcher
 
 

@@ -12,6 +12,11 @@ With `beta_regularization` > 0 the alpha loss gains beta-DARTS's term (Ye et al.
 the mean over edges of logsumexp(alpha), lambda = beta * epoch / epochs (epoch counted from 0), which keeps
 the alphas from running away in a few operations (the skip-connection collapse of long searches).
 
+With `warmup_epochs` > 0 the step takes no alpha step in those first epochs (PC-DARTS, P-DARTS): the alpha
+batch only passes forward, for the validation figures, and the alpha optimiser (its iterations, its
+moments) stays untouched. The choice is a `tf.cond` on the weight optimiser's step count, inside the one
+traced step, so a run resumed in the middle of the warm-up continues it.
+
 The two optimisers own disjoint variable sets (alphas / weights_only). The alpha step asks the tape for
 alpha gradients only, so no weight gradient is computed for it (the reference code computes them all).
 """
@@ -36,7 +41,8 @@ class BilevelSearch(Trainer):
 
     def __init__(self, net: NasModel, weight_opt: keras.optimizers.Optimizer, alpha_opt: keras.optimizers.Optimizer,
                  weight_cfg: config_pb2.OptimizerConfig, alpha_cfg: config_pb2.OptimizerConfig, order: int = 1,
-                 beta_regularization: float = 0.0, epochs: int = 1, steps_per_epoch: int = 1, **kw):
+                 beta_regularization: float = 0.0, epochs: int = 1, steps_per_epoch: int = 1,
+                 warmup_epochs: int = 0, **kw):
         super().__init__(net, name=kw.pop("name", "bilevel_search"), **kw)
         if order not in (1, 2):
             raise ValueError(f"DARTS order must be 1 or 2, got {order}")
@@ -44,6 +50,7 @@ class BilevelSearch(Trainer):
         self.weight_opt, self.alpha_opt = weight_opt, alpha_opt
         self.weight_cfg, self.alpha_cfg = weight_cfg, alpha_cfg
         self.beta, self.epochs, self.steps_per_epoch = float(beta_regularization), max(epochs, 1), max(steps_per_epoch, 1)
+        self.warmup_steps = max(int(warmup_epochs), 0) * self.steps_per_epoch
         self.weight_opt.build(net.weights_only)
         self.alpha_opt.build(net.alphas)
         self.built = True
@@ -61,7 +68,12 @@ class BilevelSearch(Trainer):
 
     def train_step(self, data):
         (x_train, y_train), (x_val, y_val) = data
-        val_logits = self.alpha_step(x_train, y_train, x_val, y_val)
+        if self.warmup_steps:
+            val_logits = tf.cond(self.weight_opt.iterations < self.warmup_steps,
+                                 lambda: self.net(x_val, training=True),
+                                 lambda: self.alpha_step(x_train, y_train, x_val, y_val))
+        else:
+            val_logits = self.alpha_step(x_train, y_train, x_val, y_val)
         train_logits, train_loss = self.weight_step(x_train, y_train)
         self.trackers["loss"].update_state(train_loss)
         self.trackers["accuracy"].update_state(accuracy(train_logits, y_train))
@@ -82,12 +94,15 @@ class BilevelSearch(Trainer):
         return logits, loss
 
     def beta_weight(self):
-        """lambda of the beta-DARTS term at this step: beta * epoch / epochs."""
+        """lambda of the beta-DARTS term at this step: beta * epoch / epochs (epochs of alpha steps)."""
         epoch = tf.cast(self.alpha_opt.iterations // self.steps_per_epoch, tf.float32)
         return self.beta * epoch / self.epochs
 
-    def beta_term(self, alphas):
-        """Mean over every edge of every alpha group of logsumexp(alpha row)."""
+    def beta_term(self, alphas=None):
+        """Mean over every edge of every candidate alpha group (not PC-DARTS's edge weights) of
+        logsumexp(alpha row)."""
+        from tfnas.search.darts import candidate_groups
+        alphas = [self.net.alpha_vars[g] for g in candidate_groups(self.net.desc)] if alphas is None else alphas
         rows = tf.concat([tf.reduce_logsumexp(getattr(a, "value", a), axis=-1) for a in alphas], axis=0)
         return tf.reduce_mean(rows)
 
@@ -98,14 +113,15 @@ class BilevelSearch(Trainer):
                 logits = self.net(x_val, training=True)
                 loss = cross_entropy(logits, y_val)
                 if self.beta:
-                    loss = loss + self.beta_weight() * self.beta_term(alphas)
+                    loss = loss + self.beta_weight() * self.beta_term()
             grads = tape.gradient(loss, alphas)
         else:
             logits, grads = self.second_order_alpha_gradients(x_train, y_train, x_val, y_val)
             if self.beta:  # the term does not depend on the weights: its gradient adds to the unrolled one
                 with _watching(alphas) as tape:
-                    term = self.beta_weight() * self.beta_term(alphas)
-                grads = [g + r for g, r in zip(grads, tape.gradient(term, alphas))]
+                    term = self.beta_weight() * self.beta_term()
+                terms = tape.gradient(term, alphas, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                grads = [g + r for g, r in zip(grads, terms)]
         grads = optim.prepare_gradients(grads, alphas, self.alpha_cfg)
         self.alpha_opt.apply_gradients(zip(grads, alphas))
         return logits

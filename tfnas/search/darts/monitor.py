@@ -2,7 +2,7 @@
 
 Per step: losses and accuracies of both splits and the learning rates. Per epoch: the same averages, the
 mean entropy of each alpha group's softmax (a collapsing search drops fast), a heat map of each alpha
-matrix (edges x operations), the cells that finalisation would pick now and how many skip connections and
+matrix (edges x operations; with PC-DARTS's edge normalisation also of the edge weights), the cells that finalisation would pick now and how many skip connections and
 parameter-free operations they keep. The alpha history is also
 appended to `alpha_history.jsonl`, one line per epoch, for plotting without TensorBoard.
 """
@@ -16,7 +16,7 @@ import tensorflow as tf
 from PIL import Image, ImageDraw
 
 from tfnas import draw, rundir
-from tfnas.alphas import softmax
+from tfnas.alphas import group_weights
 from tfnas.files import write_atomic
 from tfnas.search import darts
 from tfnas.train.loop import EpochCallback
@@ -70,14 +70,17 @@ class SearchMonitor(EpochCallback):
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
         alphas = self.alphas()
-        softmaxes = {g: softmax(a) for g, a in alphas.items()}
+        candidates = darts.candidate_groups(self.desc)
         with self.writer.as_default(step=epoch + 1):
             for k, v in logs.items():
                 tf.summary.scalar(f"epoch/{k}", v)
-            for g, w in softmaxes.items():
-                tf.summary.scalar(f"alpha_entropy/{g}", entropy(w))
-                primitives = list(self.desc.alpha_groups[g].primitives)
-                image = alpha_heatmap(w, primitives, f"{g} alphas (softmax), epoch {epoch + 1}")
+            for g, a in alphas.items():
+                spec = self.desc.alpha_groups[g]
+                w = group_weights(spec, a)
+                if g in candidates:
+                    tf.summary.scalar(f"alpha_entropy/{g}", entropy(w))
+                kind = "softmax" if g in candidates else "softmax over each node's edges"
+                image = alpha_heatmap(w, list(spec.primitives), f"{g} alphas ({kind}), epoch {epoch + 1}")
                 tf.summary.image(f"alphas/{g}", draw.to_tensor_image(image))
             final = darts.finalize(self.desc, alphas, self.k, self.max_skip)
             tf.summary.image("cells/finalised", draw.to_tensor_image(draw.draw_cells(final)))
