@@ -8,6 +8,8 @@ Cases (--cases, a comma list; default all, run in this order):
 
     small-o1, small-o2   DARTS search step, first / second order; small network: 8 channels, 5 cells, batch 32
     cifar-o1, cifar-o2   the same on the DARTS CIFAR-10 search network: 16 channels, 8 cells, batch 64
+    pc-cifar-o1          cifar-o1 as PC-DARTS searches: 1/4 of each edge's channels through its candidates
+                         (search.darts.partial_channels=4) and edge normalisation, batch 64 as for DARTS
     small-infer          the small search network in inference mode, batch 32
     cifar-infer          the CIFAR-10 search network in inference mode, batch 64
     eval-train           the `tfnas eval` training step of DARTS_V2: 36 channels, 20 cells, batch 96
@@ -103,6 +105,8 @@ CASES = {
     "small-o2": dict(kind="search", net="small", order=2, steps=10),
     "cifar-o1": dict(kind="search", net="cifar", order=1, steps=5),
     "cifar-o2": dict(kind="search", net="cifar", order=2, steps=5),
+    "pc-cifar-o1": dict(kind="search", net="cifar", order=1, steps=5,
+                        settings=("search.darts.partial_channels=4", "search.darts.edge_normalization=true")),
     "small-infer": dict(kind="infer", net="small", steps=20),
     "cifar-infer": dict(kind="infer", net="cifar", steps=10),
     "eval-train": dict(kind="eval", net="eval", steps=3),
@@ -350,7 +354,8 @@ def child_search(c: Child) -> None:
     spec = NETWORKS[c.result["network"]]
     batch = spec["batch"]
     c.result.update(batch=batch, nodes=NODES, channels=spec["channels"], cells=spec["cells"])
-    cfg = child_config(c)
+    # Search cases time the full step (alpha and weight step): no warm-up, whatever the configuration's.
+    cfg = child_config(c, ("search.darts.warmup_epochs=0",) + CASES[c.case].get("settings", ()))
     macro = cfg.search.macro
     macro.channels, macro.cells, macro.nodes, macro.stem_multiplier = spec["channels"], spec["cells"], NODES, \
         STEM_MULTIPLIER
@@ -368,6 +373,8 @@ def child_search(c: Child) -> None:
     aug = cfg.search.augmentation
     c.result.update(lead_edges_apart=cfg.search.darts.lead_edges_apart,
                     recompute_depthwise=cfg.search.darts.recompute_depthwise,
+                    partial_channels=cfg.search.darts.partial_channels,
+                    edge_normalization=cfg.search.darts.edge_normalization,
                     search_augmentation=dict(crop_padding=aug.crop_padding, horizontal_flip=aug.horizontal_flip,
                                              cutout=aug.cutout))
     # Fixed random uint8 batches (search: two (train, val) pairs, alternated), numpy-seeded.

@@ -46,7 +46,7 @@ def test_default_values():
     assert s.algorithm == Search.DARTS
     assert (s.macro.channels, s.macro.cells, s.macro.nodes, s.macro.stem_multiplier) == (8, 5, 4, 3)
     assert list(s.macro.reduction_cells) == [] and not s.macro.aux_tower
-    assert (s.trainer.epochs, s.trainer.batch_size, s.trainer.max_steps_per_epoch) == (3, 32, 0)
+    assert (s.trainer.epochs, s.trainer.batch_size, s.trainer.max_steps_per_epoch) == (16, 32, 0)
     o = s.trainer.optimizer
     assert (o.kind, o.schedule) == (Opt.SGD, config_pb2.COSINE)
     assert o.learning_rate == pytest.approx(0.025) and o.min_learning_rate == pytest.approx(0.001)
@@ -55,9 +55,10 @@ def test_default_values():
     d = s.darts
     assert d.order == 1 and d.edges_per_node == 2 and d.alpha_init_scale == pytest.approx(1e-3)
     assert list(d.primitives) == list(darts.PRIMITIVES)
-    a = d.alpha_optimizer
-    assert (a.kind, a.schedule) == (Opt.ADAM, config_pb2.CONSTANT)
-    assert a.learning_rate == pytest.approx(3e-4) and a.weight_decay == pytest.approx(1e-3)
+    assert (d.warmup_epochs, d.max_skip_connect, d.partial_channels, d.edge_normalization) == (4, 2, 0, False)
+    a = d.alpha_optimizer  # the default's own schedule (README: why it is not the paper's)
+    assert (a.kind, a.schedule) == (Opt.ADAM, config_pb2.COSINE)
+    assert a.learning_rate == pytest.approx(0.2) and a.min_learning_rate == 0 and a.weight_decay == 0
     assert (a.beta_1, a.beta_2) == pytest.approx((0.5, 0.999))
     e = c.eval
     assert (e.macro.channels, e.macro.cells, e.macro.aux_tower) == (16, 8, True)

@@ -141,6 +141,7 @@ def test_export_never_overwrites(trained, exported):
 
 def test_cli_run_end_to_end_and_errors(tmp_path):
     tiny = ["search.macro.cells=3", "search.macro.nodes=2", "search.macro.channels=4", "search.trainer.epochs=1",
+            "search.darts.warmup_epochs=0",
             "search.trainer.max_steps_per_epoch=2", "search.darts.primitives=[none,skip_connect,sep_conv_3x3]",
             "eval.macro.cells=2", "eval.macro.channels=4", "eval.trainer.epochs=1", "eval.trainer.max_steps_per_epoch=2"]
     args = ["run", "--out", str(tmp_path / "run"), "-q", *[a for kv in tiny for a in ("--set", kv)]]

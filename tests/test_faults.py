@@ -121,7 +121,7 @@ data: {max_train_examples: 320}
 search:
   macro: {channels: 4, cells: 3, nodes: 2, stem_multiplier: 2}
   trainer: {epochs: 2, batch_size: 16, max_steps_per_epoch: 3}
-  darts: {primitives: [none, skip_connect, sep_conv_3x3, max_pool_3x3]}
+  darts: {primitives: [none, skip_connect, sep_conv_3x3, max_pool_3x3], warmup_epochs: 0}
 """
 
 
@@ -159,6 +159,7 @@ def test_a_diverging_search_stops_with_the_step_and_keeps_its_last_checkpoint(tm
     result = CliRunner().invoke(cli.main, [
         "search", "--out", str(tmp_path / "run"), "-q", "--set", "search.macro.cells=3", "--set", "search.macro.nodes=2",
         "--set", "search.macro.channels=4", "--set", "search.trainer.max_steps_per_epoch=4",
+        "--set", "search.trainer.epochs=3", "--set", "search.darts.warmup_epochs=0",
         "--set", "search.trainer.checkpoint_every_steps=1", "--set", "search.trainer.optimizer.learning_rate=1e30",
         "--set", "search.trainer.optimizer.gradient_clip_norm=0", "--set", "search.darts.primitives=[none,sep_conv_3x3]"])
     assert result.exit_code == 2, result.output

@@ -167,7 +167,8 @@ def test_descriptor_and_configuration_errors_name_the_field():
 
 def test_a_pc_darts_search_moves_both_kinds_of_weight_and_resumes(tmp_path):
     tf.config.experimental.enable_op_determinism()
-    sets = ["search.trainer.epochs=2", "search.trainer.max_steps_per_epoch=3", "search.macro.cells=3",
+    sets = ["search.trainer.epochs=2", "search.darts.warmup_epochs=0", "search.trainer.max_steps_per_epoch=3",
+            "search.macro.cells=3",
             "search.darts.partial_channels=4", "search.darts.edge_normalization=true",
             "search.darts.alpha_optimizer.learning_rate=0.05", "search.darts.alpha_optimizer.weight_decay=0"]
     cfg = config.load_config(None, sets)

@@ -5,12 +5,12 @@ import pytest
 import tensorflow as tf
 from click.testing import CliRunner
 
-from test_search import far_correlation_task
 from tfnas import cli, compiler, config, descriptors, macro, rundir, weights
 from tfnas.proto import config_pb2, search_pb2
 from tfnas.search import petridish, runner
 from tfnas.search.petridish import gallery as gallery_lib
 from tfnas.search.petridish.search import warm_start
+from tfnas.tasks import far_correlation_task
 from tfnas.train import optim
 from tfnas.train.supervised import SupervisedTrainer
 
