@@ -370,6 +370,16 @@ def test_every_shipped_config_loads_and_cites_the_paper():
         assert header.startswith("#") and "ICLR 2019" in header, path.name
 
 
+def test_pc_darts_config_has_the_papers_settings_on_the_darts_search():
+    pc = cfg.load_config(CONFIGS / "pc_darts_cifar10_search.yaml")
+    darts_search = cfg.load_config(CONFIGS / "darts_cifar10_search.yaml")
+    d = pc.search.darts
+    assert (d.partial_channels, d.edge_normalization, d.warmup_epochs, d.max_skip_connect) == (4, True, 15, 0)
+    assert d.alpha_optimizer.learning_rate == pytest.approx(6e-4) and pc.search.trainer.batch_size == 256
+    assert (pc.search.trainer.epochs, pc.search.macro) == (50, darts_search.search.macro)
+    assert darts_search.search.darts.warmup_epochs == 0 and darts_search.search.darts.max_skip_connect == 0
+
+
 def test_darts_cifar10_configs_match_the_paper():
     search = cfg.load_config(CONFIGS / "darts_cifar10_search.yaml")
     assert search.data.dataset == "cifar10" and search.data.search_train_fraction == 0.5
