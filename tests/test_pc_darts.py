@@ -109,21 +109,28 @@ def test_edge_weights_are_a_softmax_over_each_nodes_edges():
         np.testing.assert_allclose(alphas_lib.group_weights(desc.alpha_groups[group], values), ref, rtol=1e-6)
 
 
-def test_an_edge_weight_scales_the_whole_edge_bypass_included():
-    """Node 0 of a cell sums its two edges, each times its edge weight: with one weight driven to 0 the
-    node is the other edge alone, bypass channels and all."""
+@pytest.mark.parametrize("betas", [[0.0, -1e9], [0.3, -0.4]])
+def test_an_edge_weight_scales_the_whole_edge_bypass_included(betas):
+    """Node 0 of a cell is the sum of its two edges, each edge's whole output (candidates and bypass) times
+    its edge weight: the cell folds the weight into the candidates' rows and the op scales the bypass, which
+    must equal scaling the unscaled edge outputs."""
     desc = supernet(cells=1, nodes=1)
     net = compiler.compile_model(desc)
     x = tf.random.normal([2, 8, 8, 1])
-    net.alpha_vars[desc.cells[0].nodes[0].edges[0].op.edge_group].assign([[0.0], [-1e9]])
+    edge_group = desc.cells[0].nodes[0].edges[0].op.edge_group
+    net.alpha_vars[edge_group].assign([[b] for b in betas])
     cell = net.cells[0]
     s = net.stem(x, training=False)
-    only_first = cell(s, s, edge_weights=net.edge_weights(), training=False)
     weights = net.edge_weights()
+    node = cell(s, s, edge_weights=weights, training=False)
     states = [cell.pre0(s, training=False), cell.pre1(s, training=False)]
-    (layer, group, targets), = cell.groups[0]
-    alone = layer(states[0], weights=weights[group], rows=tuple(r for _, r in targets), training=False)[0]
-    np.testing.assert_allclose(only_first.numpy(), alone.numpy(), rtol=1e-6, atol=1e-6)
+    expected = 0.0
+    for state in (0, 1):
+        (layer, group, targets), = cell.groups[state]
+        (_, row), = targets
+        unscaled = layer(states[state], weights=weights[group], rows=(row,), training=False)[0]
+        expected += weights[edge_group][row, 0] * unscaled
+    np.testing.assert_allclose(node.numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_finalisation_ranks_edges_by_candidate_weight_times_edge_weight():

@@ -84,24 +84,33 @@ class Cell(keras.layers.Layer):
                 y = drop_path(y, drop_rate, seed_generator)
             pending[node].append(y)
 
-        def scaled(op, row, y):  # PC-DARTS's edge normalisation: the edge's output times its edge weight
-            return y * edge_weights[op.edge_group][row, 0] if op.edge_group else y
+        scaled_rows = {}
+
+        def mixed_weights(op):
+            """What a mixed edge reads: its group's candidate weights, and with PC-DARTS's edge normalisation
+            each row times its edge's weight (the candidates' weighted sum is then scaled for free; the op
+            scales its bypass by `edge_scale`), computed once per cell and pass."""
+            if not op.edge_group:
+                return dict(weights=edge_weights[op.alpha_group])
+            key = (op.alpha_group, op.edge_group)
+            if key not in scaled_rows:
+                scaled_rows[key] = edge_weights[op.alpha_group] * edge_weights[op.edge_group]
+            return dict(weights=scaled_rows[key], edge_scale=edge_weights[op.edge_group])
 
         def run_groups(state):  # every mixed edge reading `state`, as soon as it exists
             for layer, group, targets in self.groups.get(state, ()):
                 rows = tuple(row for _, row in targets)
-                for (node, row), y in zip(targets, layer(states[state], weights=edge_weights[group], rows=rows,
+                for (node, row), y in zip(targets, layer(states[state], rows=rows, **mixed_weights(layer.desc),
                                                          **run)):
-                    contribute(node, scaled(layer.desc, row, y), self.options.drop_path)
+                    contribute(node, y, self.options.drop_path)
 
         run_groups(0)
         run_groups(1)
         for n, node_edges in enumerate(self.edges):
             for inputs, layer, use_drop_path in node_edges:
                 if reads_alphas(layer.desc):
-                    y = layer(*[states[i] for i in inputs], weights=edge_weights[layer.desc.alpha_group],
-                              rows=(layer.desc.alpha_index,), **run)[0]
-                    y = scaled(layer.desc, layer.desc.alpha_index, y)
+                    y = layer(*[states[i] for i in inputs], rows=(layer.desc.alpha_index,),
+                              **mixed_weights(layer.desc), **run)[0]
                 else:
                     y = layer(*[states[i] for i in inputs], **run)
                 contribute(n, y, use_drop_path)

@@ -53,9 +53,11 @@ class MixedOp(OpLayer):
         self._layers = [layer for _, layer, _ in self.branches]  # tracked for weights and checkpoints
         self.finish_build()
 
-    def call(self, x, weights=None, rows=None, training=False, update_statistics=True):
+    def call(self, x, weights=None, rows=None, training=False, update_statistics=True, edge_scale=None):
         """`weights`: softmax rows [edges, candidates]; `rows`: the `copies` rows this op's edges read
-        (default: the first `copies`). Returns the `copies` edge outputs."""
+        (default: the first `copies`). Returns the `copies` edge outputs. With edge normalisation the rows
+        come already scaled by the edges' weights, and `edge_scale` ([edges, 1]) scales the bypass of a
+        partial-channel op."""
         if self.partial == 1:
             return self._mix(x, weights, rows, training, update_statistics)
         c = x.shape[-1] // self.partial
@@ -63,7 +65,9 @@ class MixedOp(OpLayer):
         if self.stride == 2:
             bypass = tf.nn.max_pool2d(bypass, 2, 2, "SAME")
         outs = self._mix(x[..., :c], weights, rows, training, update_statistics)
-        return [shuffle_channels(tf.concat([y, bypass], axis=-1), self.partial) for y in outs]
+        rows = tuple(range(self.copies)) if rows is None else tuple(rows)
+        return [shuffle_channels(tf.concat([y, bypass if edge_scale is None else bypass * edge_scale[r, 0]], axis=-1),
+                                 self.partial) for y, r in zip(outs, rows)]
 
     def _mix(self, x, weights, rows, training, update_statistics):
         k = self.copies
@@ -176,10 +180,11 @@ def branch_layout(layer: OpLayer, bn: BatchNorm | None) -> dict:
 
 
 def shuffle_channels(x, groups: int):
-    """PC-DARTS's channel shuffle in NHWC: channel g * (C / groups) + j moves to j * groups + g."""
-    shape = tf.shape(x)
-    c = x.shape[-1]
-    y = tf.reshape(x, [shape[0], shape[1], shape[2], groups, c // groups])
+    """PC-DARTS's channel shuffle in NHWC: channel g * (C / groups) + j moves to j * groups + g. With the
+    static shape of a traced step the reshapes take constants (no shape ops of their own)."""
+    shape = x.shape.as_list() if x.shape.is_fully_defined() else tf.shape(x)
+    n, h, w, c = shape[0], shape[1], shape[2], x.shape[-1]
+    y = tf.reshape(x, [n, h, w, groups, c // groups])
     return tf.reshape(tf.transpose(y, [0, 1, 2, 4, 3]), shape)
 
 
