@@ -298,7 +298,7 @@ def search_text(cfg, data: str | None = None) -> str:
     opt = d.alpha_optimizer
     steps = f" of at most {s.trainer.max_steps_per_epoch} steps" if s.trainer.max_steps_per_epoch else ""
     schedule = "".join(f", {name} {getattr(d, name)}" for name in ("warmup_epochs", "max_skip_connect",
-                                                                   "beta_regularization") if hasattr(d, name))
+                                                                   "beta_regularization"))
     return (f"{enum_name(s, 'algorithm')} order {d.order}, {s.trainer.epochs} epochs{steps}, batch "
             f"{s.trainer.batch_size}, {s.macro.channels} channels, {s.macro.cells} cells, {s.macro.nodes} nodes, "
             f"{len(d.primitives)} primitives, alphas {enum_name(opt, 'kind')} lr {opt.learning_rate:g} "

@@ -324,6 +324,21 @@ def test_mixed_op_copies_dilated_candidates_into_and_out_of_blocks_once():
     assert types.count("SpaceToBatchND") == 1 and types.count("BatchToSpaceND") == 1
 
 
+def candidates_weighted_sum(mixed, x, w, copies, channels):
+    """A mixed op's definition, edge by edge: sum_c w[e, c] * op_c(x), a pool followed by its BatchNorm;
+    a candidate built with copies gives edge e its e-th block of `channels`."""
+    expected = []
+    for e in range(copies):
+        total = 0.0
+        for column, layer, bn in mixed.branches:
+            out = layer(x, training=True)
+            if bn is not None:
+                out = bn(out, True)
+            total += w[e, column] * (out[..., e * channels:(e + 1) * channels] if layer.out_copies > 1 else out)
+        expected.append(total)
+    return expected
+
+
 @pytest.mark.parametrize("fold_pools", [True, False])
 @pytest.mark.parametrize("stride,copies,size", [(1, 1, 7), (2, 3, 7), (1, 3, 8), (2, 2, 8)])
 def test_mixed_op_is_the_softmax_weighted_sum_of_its_candidates(stride, copies, size, fold_pools, monkeypatch):
@@ -337,16 +352,7 @@ def test_mixed_op_is_the_softmax_weighted_sum_of_its_candidates(stride, copies, 
         w = tf.nn.softmax(alphas)
         ys = mixed(x, weights=w, training=True)
         loss = tf.add_n([tf.reduce_sum(tf.sin(y)) for y in ys])
-        expected = []
-        for e in range(copies):
-            total = 0.0
-            for column, layer, bn in mixed.branches:
-                out = layer(x, training=True)
-                if bn is not None:
-                    out = bn(out, True)
-                n = layer.out_copies
-                total += w[e, column] * (out[..., e * C:(e + 1) * C] if n > 1 else out)
-            expected.append(total)
+        expected = candidates_weighted_sum(mixed, x, w, copies, C)
         loss_ref = tf.add_n([tf.reduce_sum(tf.sin(y)) for y in expected])
     assert len(ys) == copies
     for y, ref in zip(ys, expected):

@@ -12,6 +12,7 @@ from tfnas.config import ConfigError
 from tfnas.proto import config_pb2
 from tfnas.proto import descriptors_pb2 as pb
 from tfnas.search import darts, finalize, runner
+from test_ops import candidates_weighted_sum
 
 CANDIDATES = list(darts.PRIMITIVES)
 C, K = 8, 4
@@ -70,16 +71,8 @@ def test_partial_channels_mix_a_quarter_and_shuffle_in_the_rest(stride, copies):
         w = tf.nn.softmax(alphas)
         ys = mixed(x, weights=w, training=True)
         loss = tf.add_n([tf.reduce_sum(tf.sin(y) * tf.range(C, dtype=tf.float32)) for y in ys])
-        expected = []
-        for e in range(copies):
-            total = 0.0
-            for column, layer, bn in mixed.branches:
-                out = layer(part, training=True)
-                if bn is not None:
-                    out = bn(out, True)
-                c = C // K
-                total += w[e, column] * (out[..., e * c:(e + 1) * c] if layer.out_copies > 1 else out)
-            expected.append(tf.gather(tf.concat([total, rest], axis=-1), perm, axis=-1))
+        expected = [tf.gather(tf.concat([total, rest], axis=-1), perm, axis=-1)
+                    for total in candidates_weighted_sum(mixed, part, w, copies, C // K)]
         loss_ref = tf.add_n([tf.reduce_sum(tf.sin(y) * tf.range(C, dtype=tf.float32)) for y in expected])
     assert len(ys) == copies and ys[0].shape == (4, 8 // stride, 8 // stride, C)
     for y, ref in zip(ys, expected):

@@ -100,8 +100,7 @@ class Cell(keras.layers.Layer):
         def run_groups(state):  # every mixed edge reading `state`, as soon as it exists
             for layer, group, targets in self.groups.get(state, ()):
                 rows = tuple(row for _, row in targets)
-                for (node, row), y in zip(targets, layer(states[state], rows=rows, **mixed_weights(layer.desc),
-                                                         **run)):
+                for (node, _), y in zip(targets, layer(states[state], rows=rows, **mixed_weights(layer.desc), **run)):
                     contribute(node, y, self.options.drop_path)
 
         run_groups(0)

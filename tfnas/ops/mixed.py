@@ -58,6 +58,7 @@ class MixedOp(OpLayer):
         (default: the first `copies`). Returns the `copies` edge outputs. With edge normalisation the rows
         come already scaled by the edges' weights, and `edge_scale` ([edges, 1]) scales the bypass of a
         partial-channel op."""
+        rows = tuple(range(self.copies)) if rows is None else tuple(rows)
         if self.partial == 1:
             return self._mix(x, weights, rows, training, update_statistics)
         c = x.shape[-1] // self.partial
@@ -65,14 +66,12 @@ class MixedOp(OpLayer):
         if self.stride == 2:
             bypass = tf.nn.max_pool2d(bypass, 2, 2, "SAME")
         outs = self._mix(x[..., :c], weights, rows, training, update_statistics)
-        rows = tuple(range(self.copies)) if rows is None else tuple(rows)
         return [shuffle_channels(tf.concat([y, bypass if edge_scale is None else bypass * edge_scale[r, 0]], axis=-1),
                                  self.partial) for y, r in zip(outs, rows)]
 
-    def _mix(self, x, weights, rows, training, update_statistics):
+    def _mix(self, x, weights, rows: tuple, training, update_statistics):
         k = self.copies
         weights = tf.convert_to_tensor(weights, tf.float32)
-        rows = tuple(range(k)) if rows is None else tuple(rows)
         if len(rows) != k:
             raise ValueError(f"operation {self.desc.id}: {k} copies need {k} weight rows, got {len(rows)}")
         # Per candidate, each edge's weight repeated over its channels: columns[c] is a [k * channels]

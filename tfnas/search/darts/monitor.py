@@ -2,9 +2,10 @@
 
 Per step: losses and accuracies of both splits and the learning rates. Per epoch: the same averages, the
 mean entropy of each alpha group's softmax (a collapsing search drops fast), a heat map of each alpha
-matrix (edges x operations; with PC-DARTS's edge normalisation also of the edge weights), the cells that finalisation would pick now and how many skip connections and
-parameter-free operations they keep. The alpha history is also
-appended to `alpha_history.jsonl`, one line per epoch, for plotting without TensorBoard.
+matrix (edges x operations; with PC-DARTS's edge normalisation also of the edge weights), the cells that
+finalisation would pick now and how many skip connections and parameter-free operations they keep. The
+alpha history is also appended to `alpha_history.jsonl`, one line per epoch, for plotting without
+TensorBoard.
 """
 from __future__ import annotations
 
