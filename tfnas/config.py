@@ -117,6 +117,8 @@ def _value(node: yaml.Node, field: _FD, path: str, src: str) -> Any:
         raise fail("a plain value") from None
     if field.cpp_type == _FD.CPPTYPE_ENUM:
         names = [v.name for v in field.enum_type.values]
+        if isinstance(value, str) and value.upper() in names:  # `precision: mixed_bfloat16` reads too
+            value = value.upper()
         if value not in names:
             allowed = ", ".join(n for n in names if not n.endswith("_UNSPECIFIED"))
             raise fail(f"one of {allowed}")
@@ -357,7 +359,7 @@ def validate(config: config_pb2.ExperimentConfig) -> None:
           config.eval.drop_path_prob)
     check(config.export.version >= 1, "export.version", ">= 1", config.export.version)
     runtime = config.runtime
-    for name in ("inter_op_threads", "intra_op_threads"):
+    for name in ("inter_op_threads", "intra_op_threads", "cpu_devices"):
         check(getattr(runtime, name) >= 0, f"runtime.{name}", ">= 0", getattr(runtime, name))
     from tfnas.search import algorithm  # the selected algorithm checks its own section
     algorithm.get(search.algorithm).validate(config)
