@@ -416,14 +416,26 @@ def augment(images: tf.Tensor, config: config_pb2.AugmentationConfig, seed: tf.T
 
 
 def prepare_batch(images_uint8: tf.Tensor, mean: Any, std: Any, config: config_pb2.AugmentationConfig | None = None,
-                  seed: tf.Tensor | int = 0) -> tf.Tensor:
+                  seed: tf.Tensor | int = 0, window: tuple[Any, int] | None = None) -> tf.Tensor:
     """A training batch as the network sees it: uint8 images cropped (black padding, as torchvision pads
     before ToTensor) and flipped, normalised (`preprocess`), then cut out (the square reads 0, the mean
-    colour, as the DARTS code's Cutout after Normalize). Without `config`, only normalised."""
+    colour, as the DARTS code's Cutout after Normalize). Without `config`, only normalised.
+
+    `window=(start, size)`: the images are rows start.. of a global batch of `size` (one replica's share),
+    and take the random draws of those rows, so the global batch is augmented as on one device."""
     if not augments(config):
         return preprocess(images_uint8, mean, std)
     seeds = _augmentation_seeds(seed)
-    return _cutout(preprocess(_crop_and_flip(images_uint8, config, seeds), mean, std), config, seeds)
+    return _cutout(preprocess(_crop_and_flip(images_uint8, config, seeds, window), mean, std), config, seeds, window)
+
+
+def _draw(shape: list, seed: tf.Tensor, window: tuple[Any, int] | None, n, **kw) -> tf.Tensor:
+    """Stateless uniform draws of `shape` (the batch axis last), for the window's rows of the global batch."""
+    if window is None:
+        return tf.random.stateless_uniform(shape + [n], seed, **kw)
+    start, size = window
+    draws = tf.random.stateless_uniform(shape + [size], seed, **kw)
+    return tf.slice(draws, [0] * len(shape) + [start], shape + [n])
 
 
 def augments(config: config_pb2.AugmentationConfig | None) -> bool:
@@ -438,7 +450,8 @@ def _augmentation_seeds(seed: tf.Tensor | int) -> list[tf.Tensor]:
     return tf.unstack(tf.random.experimental.stateless_split(seed, 4))  # crop, flip, cutout rows, columns
 
 
-def _crop_and_flip(images: tf.Tensor, config: config_pb2.AugmentationConfig, seeds: list[tf.Tensor]) -> tf.Tensor:
+def _crop_and_flip(images: tf.Tensor, config: config_pb2.AugmentationConfig, seeds: list[tf.Tensor],
+                   window: tuple[Any, int] | None = None) -> tf.Tensor:
     crop_seed, flip_seed = seeds[0], seeds[1]
     shape = tf.shape(images)
     n, h, w = shape[0], shape[1], shape[2]
@@ -446,26 +459,27 @@ def _crop_and_flip(images: tf.Tensor, config: config_pb2.AugmentationConfig, see
     pad = int(config.crop_padding)
     if pad > 0:
         padded = tf.pad(out, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-        offsets = tf.random.stateless_uniform([2, n], crop_seed, 0, 2 * pad + 1, dtype=tf.int32)
+        offsets = _draw([2], crop_seed, window, n, minval=0, maxval=2 * pad + 1, dtype=tf.int32)
         rows = offsets[0][:, None] + tf.range(h)[None]  # [N, H] rows of the padded image to keep
         cols = offsets[1][:, None] + tf.range(w)[None]  # [N, W]
         out = tf.gather(tf.gather(padded, rows, axis=1, batch_dims=1), cols, axis=2, batch_dims=1)
     if config.horizontal_flip:
-        flip = tf.random.stateless_uniform([n], flip_seed) < 0.5
+        flip = _draw([], flip_seed, window, n) < 0.5
         out = tf.where(flip[:, None, None, None], tf.reverse(out, axis=[2]), out)
     out.set_shape(images.shape)
     return out
 
 
-def _cutout(images: tf.Tensor, config: config_pb2.AugmentationConfig, seeds: list[tf.Tensor]) -> tf.Tensor:
+def _cutout(images: tf.Tensor, config: config_pb2.AugmentationConfig, seeds: list[tf.Tensor],
+            window: tuple[Any, int] | None = None) -> tf.Tensor:
     side = int(config.cutout)
     if side <= 0:
         return images
     cut_y_seed, cut_x_seed = seeds[2], seeds[3]
     shape = tf.shape(images)
     n, h, w = shape[0], shape[1], shape[2]
-    cy = tf.random.stateless_uniform([n], cut_y_seed, 0, h, dtype=tf.int32)
-    cx = tf.random.stateless_uniform([n], cut_x_seed, 0, w, dtype=tf.int32)
+    cy = _draw([], cut_y_seed, window, n, minval=0, maxval=h, dtype=tf.int32)
+    cx = _draw([], cut_x_seed, window, n, minval=0, maxval=w, dtype=tf.int32)
     y0, x0 = cy - side // 2, cx - side // 2
     in_rows = _between(tf.range(h)[None], y0[:, None], y0[:, None] + side)  # [N, H]
     in_cols = _between(tf.range(w)[None], x0[:, None], x0[:, None] + side)  # [N, W]

@@ -18,7 +18,7 @@ import pathlib
 import numpy as np
 import tensorflow as tf
 
-from tfnas import architectures, checkpoints, compiler, data as data_lib, descriptors, rundir, runtime
+from tfnas import architectures, checkpoints, compiler, data as data_lib, descriptors, distribute, rundir, runtime
 from tfnas.errors import UserError
 from tfnas.files import write_atomic
 from tfnas.proto import config_pb2
@@ -74,26 +74,37 @@ def build_trainer(config: config_pb2.ExperimentConfig, desc: pb.ModelDesc, steps
                   ) -> SupervisedTrainer:
     """The evaluation network of `desc`, compiled, with its optimiser (the benchmark builds it here too)."""
     e = config.eval
-    net = compiler.compile_model(desc, compiler.EVAL_OPTIONS)
+    options = pb.CompilerOptions()
+    options.CopyFrom(compiler.EVAL_OPTIONS)
+    options.sync_batchnorm = config.runtime.sync_batchnorm
+    net = compiler.compile_model(desc, options)
     opt = optim.make_optimizer(e.trainer.optimizer, e.trainer.epochs, steps_per_epoch, "optimizer")
     return SupervisedTrainer(net, opt, e.trainer.optimizer)
 
 
 def training_step(config: config_pb2.ExperimentConfig, trainer: SupervisedTrainer, image_shape, mean, std,
-                  jit_compile: bool = False):
-    """The evaluation's traced step: augmented as `eval.augmentation` says, seeded by the step count."""
+                  jit_compile: bool | None = None):
+    """The evaluation's traced step: augmented as `eval.augmentation` says, seeded by the step count; under
+    the strategy whose scope this is called in, with XLA as runtime.jit_compile says unless given."""
     e = config.eval
+    jit = config.runtime.jit_compile if jit_compile is None else jit_compile
     return steps_lib.training_step(trainer.train_step, e.trainer.batch_size, image_shape, mean, std,
                                    augmentation=e.augmentation, seed=int(config.seed), counter=trainer.step_counter,
-                                   jit_compile=jit_compile)
+                                   jit_compile=jit)
 
 
 def evaluate(config: config_pb2.ExperimentConfig, arch: str | pb.ModelDesc, out_dir: str | pathlib.Path,
              verbose: int = 1, stop_after_steps: int | None = None,
              dataset: data_lib.Dataset | None = None) -> dict | None:
     """Trains `arch` from scratch (or resumes); returns the final metrics (None if stopped on purpose)."""
-    e = config.eval
     runtime.configure_threads(config.runtime)
+    strategy = distribute.get_strategy(config.runtime)  # before any op: a multi-worker run must start first
+    with strategy.scope():
+        return _evaluate(config, arch, out_dir, verbose, stop_after_steps, dataset)
+
+
+def _evaluate(config, arch, out_dir, verbose, stop_after_steps, dataset) -> dict | None:
+    e = config.eval
     dataset = dataset or data_lib.load_dataset(config.data)
     desc = architectures.resolve(arch, e.macro, dataset.image_shape, dataset.num_classes, require_final=True)
     out = rundir.prepare(out_dir, config)

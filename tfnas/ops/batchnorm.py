@@ -1,9 +1,17 @@
-"""BatchNorm over NHWC as one fused op, owned by an operation layer; affine or not, weighted or not."""
+"""BatchNorm over NHWC as one fused op, owned by an operation layer; affine or not, weighted or not.
+
+Under a strategy with several replicas (tfnas.distribute) each replica normalises by its own share of the
+batch, and the moving statistics are averaged across replicas before they are written, so they stay
+equal on every replica (a checkpoint holds one value). With the compiler option `sync_batchnorm` the
+batch statistics themselves are the global batch's (summed across replicas, differentiated through the
+all-reduce): a run on N replicas then computes what one device computes on the same global batch.
+"""
 from __future__ import annotations
 
 import keras
 import tensorflow as tf
 
+from tfnas import distribute
 from tfnas.ops.constants import per_graph
 
 MOMENTUM = 0.1  # PyTorch convention (new = (1 - m) * old + m * batch), as in the DARTS code.
@@ -21,6 +29,7 @@ class BatchNorm:
     def __init__(self, owner: keras.layers.Layer, name: str, channels: int, affine: bool):
         self.affine = affine
         self.channels = channels
+        self.sync = bool(getattr(getattr(owner, "options", None), "sync_batchnorm", False))
         if affine:
             self.gamma = owner.add_weight(name=f"{name}_gamma", shape=(channels,), initializer="ones")
             self.beta = owner.add_weight(name=f"{name}_beta", shape=(channels,), initializer="zeros")
@@ -58,6 +67,8 @@ class BatchNorm:
         # FusedBatchNorm (v1), not V3: the same CPU/GPU kernels, but the gradient tape knows that v1's
         # gradient ignores its statistics outputs, where for V3 it builds zero gradients for all five of
         # them: 5 fewer ops per BatchNorm and pass to trace.
+        if training and self.synced():
+            return self._global_batch_norm(x, scale, offset, copies, update_statistics)
         if training:
             y, mean, var, *_ = tf.raw_ops.FusedBatchNorm(
                 x=x, scale=scale, offset=offset, mean=moving_mean, variance=moving_var,
@@ -71,16 +82,45 @@ class BatchNorm:
             epsilon=EPSILON, data_format="NHWC", is_training=False)
         return y
 
+    def synced(self) -> bool:
+        """Whether this training pass takes its batch statistics over every replica's share."""
+        return self.sync and distribute.replicas() > 1
+
+    def _global_batch_norm(self, x, scale, offset, copies: int, update_statistics: bool):
+        """Batch statistics of the global batch: per-channel sums and sums of squares all-reduced in one
+        collective; the moving variance takes the unbiased variance, as FusedBatchNorm's does."""
+        dtype = x.dtype
+        x = tf.cast(x, tf.float32)  # statistics in float32 whatever the compute precision
+        local = tf.cast(tf.shape(x)[0] * tf.shape(x)[1] * tf.shape(x)[2], tf.float32)
+        sums = tf.concat([tf.reduce_sum(x, [0, 1, 2]), tf.reduce_sum(tf.square(x), [0, 1, 2]), local[None]], 0)
+        (sums,) = distribute.all_reduce([sums])
+        channels = x.shape[-1]
+        count = sums[-1]
+        mean = sums[:channels] / count
+        var = tf.maximum(sums[channels:2 * channels] / count - tf.square(mean), 0.0)
+        y = (x - mean) * (tf.math.rsqrt(var + EPSILON) * tf.cast(scale, tf.float32)) + tf.cast(offset, tf.float32)
+        if update_statistics:
+            unbiased = var * (count / tf.maximum(count - 1.0, 1.0))
+            self._blend(mean[:self.channels], unbiased[:self.channels])
+        return tf.cast(y, dtype)
+
+    def _blend(self, mean, var) -> None:
+        """(1 - m) * old + m * batch, written with raw assignments (see update_moving_statistics)."""
+        for moving, value in ((self.moving_mean, mean), (self.moving_var, var)):
+            tf.raw_ops.AssignSubVariableOp(resource=moving.handle, value=(moving.value - value) * MOMENTUM)
+
     def update_moving_statistics(self, mean, var, averaged: bool) -> None:
         """The one place the moving statistics are written.
         `averaged`: mean and var are already the new averages (FusedBatchNorm with exponential_avg_factor
         MOMENTUM, over `copies` of the channels: the first copy's are kept); otherwise they are this
         batch's, blended in here as (1 - m) * old + m * batch. Raw assignments: Keras's `assign` costs
         milliseconds of Python per call while a step is traced, and no gradient flows into an assignment."""
+        if averaged and mean.shape[0] != self.channels:
+            mean, var = mean[:self.channels], var[:self.channels]
+        if distribute.replicas() > 1 and not self.synced():  # one value on every replica
+            mean, var = distribute.all_reduce([mean, var], tf.distribute.ReduceOp.MEAN)
+        if not averaged:
+            self._blend(mean, var)
+            return
         for moving, value in ((self.moving_mean, mean), (self.moving_var, var)):
-            if averaged:
-                if value.shape[0] != self.channels:
-                    value = value[:self.channels]
-                tf.raw_ops.AssignVariableOp(resource=moving.handle, value=value)
-            else:
-                tf.raw_ops.AssignSubVariableOp(resource=moving.handle, value=(moving.value - value) * MOMENTUM)
+            tf.raw_ops.AssignVariableOp(resource=moving.handle, value=value)

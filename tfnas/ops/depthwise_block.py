@@ -33,7 +33,7 @@ def depthwise_block(x, dw, pw=None, padding: int = 0, stride: int = 1, bn: Batch
     updated as FusedBatchNorm does unless `update_statistics` is False. `grouped`: whether grouped 1x1
     convs run as one op (conv.grouped_conv_supported)."""
     grouped_ok = pw is None or x.shape[-1] == pw.shape[2] or grouped
-    if not (hold_less and training and grouped_ok and (bn is None or not bn.affine)
+    if not (hold_less and training and grouped_ok and (bn is None or not (bn.affine or bn.synced()))
             and dw.shape[0] == 2 * padding + 1):
         if bn is not None:
             x = tf.nn.relu(bn(x, training, update_statistics=update_statistics))

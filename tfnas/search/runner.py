@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tfnas import checkpoints, compiler, data as data_lib, descriptors, draw, macro, rundir, runtime
+from tfnas import checkpoints, compiler, data as data_lib, descriptors, distribute, draw, macro, rundir, runtime
 from tfnas.proto import config_pb2
 from tfnas.proto import descriptors_pb2 as pb
 from tfnas.search import algorithm as algorithm_lib
@@ -30,18 +30,21 @@ def search_options(config: config_pb2.ExperimentConfig) -> pb.CompilerOptions:
     options.CopyFrom(compiler.SEARCH_OPTIONS)
     options.lead_edges_apart = config.search.darts.lead_edges_apart
     options.recompute_depthwise = config.search.darts.recompute_depthwise
+    options.sync_batchnorm = config.runtime.sync_batchnorm
     return options
 
 
 def training_step(config: config_pb2.ExperimentConfig, trainer, image_shape: Sequence[int], mean, std,
-                  streams: int, jit_compile: bool = False, batch_size: int | None = None):
+                  streams: int, jit_compile: bool | None = None, batch_size: int | None = None):
     """A search's traced step: `streams` uint8 batches (of search.trainer.batch_size unless given), each
     augmented by search.augmentation (seeded by the trainer's step count) and normalised, into
-    `trainer.train_step` (what the benchmark times too)."""
+    `trainer.train_step` (what the benchmark times too), under the strategy whose scope this is called in
+    (the trainer's), compiled with XLA as runtime.jit_compile says unless `jit_compile` is given."""
     s = config.search
+    jit = config.runtime.jit_compile if jit_compile is None else jit_compile
     return steps_lib.training_step(trainer.train_step, batch_size or s.trainer.batch_size, image_shape, mean, std,
                                    streams=streams, augmentation=s.augmentation, seed=int(config.seed),
-                                   counter=trainer.step_counter, jit_compile=jit_compile)
+                                   counter=trainer.step_counter, jit_compile=jit)
 
 
 class SearchRun:
@@ -137,6 +140,7 @@ def search(config: config_pb2.ExperimentConfig, out_dir: str | pathlib.Path, ver
     algorithm = algorithm_lib.get(config.search.algorithm)
     algorithm.validate(config)
     runtime.configure_threads(config.runtime)
+    strategy = distribute.get_strategy(config.runtime)  # before any op: a multi-worker run must start first
     # The data first: a run that cannot start (no dataset offline, say) leaves no directory behind.
     dataset = dataset or data_lib.load_dataset(config.data)
     out = rundir.prepare(out_dir, config)
@@ -148,7 +152,8 @@ def search(config: config_pb2.ExperimentConfig, out_dir: str | pathlib.Path, ver
         return final
     runtime.seed_everything(config)
     run = SearchRun(config, out, dataset, verbose, stop_after_steps)
-    final = algorithm.run(run)
+    with strategy.scope():  # the networks, trainers and optimisers the algorithm makes are the strategy's
+        final = algorithm.run(run)
     if final is None:
         return None
     final.source = final.source or f"{algorithm.name.lower()} search ({config.name or 'unnamed'})"

@@ -40,14 +40,23 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
                     steps_per_epoch=self.steps_per_epoch, cosine=self.cosine)
 
 
-class FusedSGD(keras.optimizers.SGD):
+class ReducedGradients:
+    """An optimiser that takes gradients already summed across replicas (the trainers reduce them with
+    tfnas.distribute.all_reduce, before clipping and weight decay, as one device would clip the global
+    batch's gradient). Keras would sum them again: N times the gradient on N replicas."""
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        return list(grads_and_vars)
+
+
+class FusedSGD(ReducedGradients, keras.optimizers.SGD):
     """Keras's SGD with momentum (the same update, variables and slots), each variable updated by one
     fused TF op instead of about eight: a DARTS supernet has hundreds of weight tensors, and every op
     costs trace time and per-step overhead."""
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        # Keras all-reduces the gradients first, even with one replica, where that is one Identity op
-        # per variable inside a custom gradient; and casts the momentum once per variable.
+        # Keras casts the momentum once per variable. With several replicas, Keras's own path writes each
+        # replica's copy (strategy.extended.update), through update_step below.
         if self.momentum == 0 or self.nesterov or self._distribution_strategy.num_replicas_in_sync > 1:
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
         lr = tf.cast(learning_rate, tf.float32)
@@ -63,12 +72,17 @@ class FusedSGD(keras.optimizers.SGD):
 
     def _apply_momentum(self, gradient, variable, lr, momentum):
         m = self.momentums[self._get_variable_index(variable)]
-        variable = getattr(variable, "value", variable)  # the tf.Variable inside a Keras variable
+        if isinstance(variable, keras.Variable):  # else a replica's tf.Variable (strategy.extended.update)
+            variable = variable.value
         # accum = momentum * accum - lr * grad; var += accum (keras.optimizers.SGD, nesterov=False)
         tf.raw_ops.ResourceApplyKerasMomentum(
             var=variable.handle, accum=m.value.handle, lr=tf.cast(lr, variable.dtype),
             grad=tf.cast(gradient, variable.dtype), momentum=tf.cast(momentum, variable.dtype),
             use_locking=False, use_nesterov=False)
+
+
+class ReducedAdam(ReducedGradients, keras.optimizers.Adam):
+    """Keras's Adam on gradients already summed across replicas."""
 
 
 def make_optimizer(cfg: config_pb2.OptimizerConfig, epochs: int, steps_per_epoch: int,
@@ -79,7 +93,7 @@ def make_optimizer(cfg: config_pb2.OptimizerConfig, epochs: int, steps_per_epoch
         return FusedSGD(learning_rate=lr, momentum=cfg.momentum, name=name)
     if cfg.kind == Kind.ADAM:
         # PyTorch's Adam epsilon (1e-8), not Keras's 1e-7.
-        return keras.optimizers.Adam(learning_rate=lr, beta_1=cfg.beta_1, beta_2=cfg.beta_2, epsilon=1e-8,
+        return ReducedAdam(learning_rate=lr, beta_1=cfg.beta_1, beta_2=cfg.beta_2, epsilon=1e-8,
                                      name=name)
     raise ValueError(f"optimizer kind {cfg.kind} is not supported")
 

@@ -11,7 +11,8 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tfnas import data as data_lib
+from tfnas import data as data_lib, distribute
+from tfnas.errors import UserError
 from tfnas.proto import config_pb2
 
 
@@ -22,31 +23,72 @@ def batch_specs(batch_size: int | None, image_shape: Sequence[int]) -> list[tf.T
 
 def training_step(train_step: Callable, batch_size: int, image_shape: Sequence[int], mean: np.ndarray,
                   std: np.ndarray, streams: int = 1, augmentation: config_pb2.AugmentationConfig | None = None,
-                  seed: int = 0, counter: tf.Variable | None = None, jit_compile: bool = False) -> Callable[..., dict]:
-    """A tf.function of `streams` (images, labels) pairs, flattened: step(x0, y0, x1, y1, ...). It calls
-    `train_step((x, y))` with one stream and `train_step(((x0, y0), (x1, y1), ...))` with several (the
-    DARTS search reads a training and a validation stream). With `augmentation`, every stream's batch is
-    augmented (data.prepare_batch) with a seed drawn from (seed, counter, stream): `counter` is the
-    trainer's step count, which checkpoints keep, so a resumed run augments as an uninterrupted one."""
+                  seed: int = 0, counter: tf.Variable | None = None, jit_compile: bool = False,
+                  strategy: tf.distribute.Strategy | None = None) -> Callable[..., dict]:
+    """A step of `streams` (images, labels) pairs of global batches, flattened: step(x0, y0, x1, y1, ...).
+    It calls `train_step((x, y))` with one stream and `train_step(((x0, y0), (x1, y1), ...))` with several
+    (the DARTS search reads a training and a validation stream). With `augmentation`, every stream's batch
+    is augmented (data.prepare_batch) with a seed drawn from (seed, counter, stream): `counter` is the
+    trainer's step count, which checkpoints keep, so a resumed run augments as an uninterrupted one.
+
+    Under a `strategy` other than the default one, each replica takes its rows of every global batch
+    (with their random draws, so the global batch is augmented as on one device), `train_step` runs
+    through `strategy.run`, and the logs (running means, equal counts on every replica) are averaged over
+    the replicas. `jit_compile` compiles what each replica runs. The trainer's variables must have been
+    made under the strategy's scope."""
     augmenting = data_lib.augments(augmentation)
     if augmenting and counter is None:
         raise ValueError("an augmented training step needs the trainer's step counter")
+    strategy = strategy or tf.distribute.get_strategy()
+    distributed = not distribute.is_default(strategy)
+    replicas = strategy.num_replicas_in_sync
+    if batch_size % replicas:
+        raise UserError(f"batch size {batch_size} does not split evenly over the {replicas} replicas of "
+                        f"runtime.strategy ({type(strategy).__name__}); use a multiple of {replicas}")
+    share = batch_size // replicas
 
-    @tf.function(input_signature=batch_specs(batch_size, image_shape) * streams, autograph=False,
-                 jit_compile=jit_compile)
-    def step(*tensors):
+    def run(tensors, start=None):
         batches = []
         for i in range(streams):
             images, labels = tensors[2 * i], tensors[2 * i + 1]
+            window = None if start is None else (start, batch_size)
             if augmenting:
                 base = tf.stack([tf.constant(seed, tf.int64), tf.cast(counter, tf.int64)])
                 x = data_lib.prepare_batch(images, mean, std, augmentation,
-                                           tf.random.experimental.stateless_fold_in(base, i))
+                                           tf.random.experimental.stateless_fold_in(base, i), window)
             else:
                 x = data_lib.preprocess(images, mean, std)
             batches.append((x, labels))
         return train_step(tuple(batches) if streams > 1 else batches[0])
-    return step
+
+    specs = batch_specs(batch_size, image_shape) * streams
+    if not distributed:
+        return tf.function(lambda *tensors: run(tensors), input_signature=specs, autograph=False,
+                           jit_compile=jit_compile)
+
+    def replica_step(*tensors):
+        context = tf.distribute.get_replica_context()
+        start = tf.cast(context.replica_id_in_sync_group, tf.int32) * share
+        return run(tensors, start)
+
+    replica_fn = tf.function(replica_step, autograph=False, jit_compile=True) if jit_compile else replica_step
+
+    @tf.function(autograph=False)
+    def step(*tensors):
+        logs = strategy.run(replica_fn, args=tensors)
+        return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in logs.items()}
+
+    def share_of(array: np.ndarray):
+        """A replica's rows of a global batch (worker-local replicas only make theirs)."""
+        return strategy.experimental_distribute_values_from_function(
+            lambda ctx: array[ctx.replica_id_in_sync_group * share:(ctx.replica_id_in_sync_group + 1) * share])
+
+    def call(*arrays):
+        for a, spec in zip(arrays, specs):
+            if tuple(np.shape(a)) != tuple(spec.shape):
+                raise ValueError(f"a batch of shape {np.shape(a)} where the step takes {spec.shape}")
+        return step(*[share_of(np.asarray(a)) for a in arrays])
+    return call
 
 
 def inference_function(net, image_shape: Sequence[int], mean: np.ndarray, std: np.ndarray,

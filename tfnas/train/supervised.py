@@ -5,6 +5,8 @@ One SGD (or Adam) step per batch on the classification loss, plus each auxiliary
 where the network has them (evaluation), with DARTS's coupled weight decay and gradient clipping. A
 network with architecture weights (PetriDish's candidates) trains them in the same step, under an L1
 penalty instead of the weight decay (Hu et al., 2019).
+Under a strategy with several replicas, each replica's loss is its share of the global batch's mean and
+the gradients are summed across replicas before clipping and decay (tfnas.distribute).
 Augmentation happens before the step sees the batch (train.steps), seeded by the optimiser's iterations,
 so a resumed run draws the same crops as an uninterrupted one.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from tfnas import distribute
 from tfnas.compiler import NasModel
 from tfnas.proto import config_pb2
 from tfnas.train import optim
@@ -51,11 +54,11 @@ class SupervisedTrainer(Trainer):
                 total = total + weight * cross_entropy(aux, labels)
             if alphas and self.l1:
                 total = total + self.l1 * tf.add_n([tf.reduce_sum(tf.abs(a)) for a in alphas])
-        grads = optim.prepare_gradients(tape.gradient(total, variables), variables, self.opt_cfg,
-                                        decayed=len(weights))
+            total = distribute.replica_loss(total)
+        grads = distribute.all_reduce(tape.gradient(total, variables))
+        grads = optim.prepare_gradients(grads, variables, self.opt_cfg, decayed=len(weights))
         # Weights that the loss does not reach (PetriDish's first iteration: everything before the candidates,
         # which read their inputs through stop-gradient) are left alone, as PyTorch's SGD skips them.
         self.opt.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
-        self.trackers["loss"].update_state(loss)
-        self.trackers["accuracy"].update_state(accuracy(logits, labels))
+        self.track(loss=loss, accuracy=accuracy(logits, labels))
         return {**{k: t.result() for k, t in self.trackers.items()}, "lr": optim.current_lr(self.opt)}

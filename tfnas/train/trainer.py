@@ -9,6 +9,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from tfnas import distribute
+
 
 class Trainer(keras.Model):
     """Base of SupervisedTrainer (evaluation, random-search trials) and BilevelSearch (DARTS)."""
@@ -28,6 +30,17 @@ class Trainer(keras.Model):
     def checkpointed(self) -> dict:
         """What a checkpoint of this trainer holds besides the network's variables: {key: optimiser}."""
         raise NotImplementedError
+
+    def track(self, **values) -> None:
+        """Adds this step's value of each named tracker. On N replicas each adds its share with weight 1/N,
+        so the totals (summed over replicas when read or saved) count every step once, as on one device,
+        and a checkpoint's running means resume on any number of replicas."""
+        n = distribute.replicas()
+        for name, value in values.items():
+            if n == 1:
+                self.trackers[name].update_state(value)
+            else:
+                self.trackers[name].update_state(value, sample_weight=1.0 / n)
 
     def reset_trackers(self) -> None:
         for t in self.trackers.values():

@@ -17,6 +17,11 @@ batch only passes forward, for the validation figures, and the alpha optimiser (
 moments) stays untouched. The choice is a `tf.cond` on the weight optimiser's step count, inside the one
 traced step, so a run resumed in the middle of the warm-up continues it.
 
+Under a strategy with several replicas every loss is the replica's share of the global batch's mean and
+every gradient is summed across replicas (tfnas.distribute) before it is used: the virtual step, the
+finite differences and both updates are the global batch's, identical on every replica, so the second
+order stays DARTS's algorithm and the alphas stay equal everywhere.
+
 The two optimisers own disjoint variable sets (alphas / weights_only). The alpha step asks the tape for
 alpha gradients only, so no weight gradient is computed for it (the reference code computes them all).
 """
@@ -27,6 +32,7 @@ import contextlib
 import keras
 import tensorflow as tf
 
+from tfnas import distribute
 from tfnas.compiler import NasModel
 from tfnas.proto import config_pb2
 from tfnas.train import optim
@@ -75,10 +81,8 @@ class BilevelSearch(Trainer):
         else:
             val_logits = self.alpha_step(x_train, y_train, x_val, y_val)
         train_logits, train_loss = self.weight_step(x_train, y_train)
-        self.trackers["loss"].update_state(train_loss)
-        self.trackers["accuracy"].update_state(accuracy(train_logits, y_train))
-        self.trackers["val_loss"].update_state(cross_entropy(val_logits, y_val))
-        self.trackers["val_accuracy"].update_state(accuracy(val_logits, y_val))
+        self.track(loss=train_loss, accuracy=accuracy(train_logits, y_train),
+                   val_loss=cross_entropy(val_logits, y_val), val_accuracy=accuracy(val_logits, y_val))
         logs = {k: t.result() for k, t in self.trackers.items()}
         logs["lr"] = optim.current_lr(self.weight_opt)
         logs["alpha_lr"] = optim.current_lr(self.alpha_opt)
@@ -89,7 +93,9 @@ class BilevelSearch(Trainer):
         with _watching(weights) as tape:
             logits = self.net(x, training=True)
             loss = cross_entropy(logits, y)
-        grads = optim.prepare_gradients(tape.gradient(loss, weights), weights, self.weight_cfg)
+            scaled = distribute.replica_loss(loss)
+        grads = distribute.all_reduce(tape.gradient(scaled, weights))
+        grads = optim.prepare_gradients(grads, weights, self.weight_cfg)
         self.weight_opt.apply_gradients(zip(grads, weights))
         return logits, loss
 
@@ -114,7 +120,8 @@ class BilevelSearch(Trainer):
                 loss = cross_entropy(logits, y_val)
                 if self.beta:
                     loss = loss + self.beta_weight() * self.beta_term()
-            grads = tape.gradient(loss, alphas)
+                loss = distribute.replica_loss(loss)
+            grads = distribute.all_reduce(tape.gradient(loss, alphas))
         else:
             logits, grads = self.second_order_alpha_gradients(x_train, y_train, x_val, y_val)
             if self.beta:  # the term does not depend on the weights: its gradient adds to the unrolled one
@@ -134,8 +141,8 @@ class BilevelSearch(Trainer):
 
         # The virtual step uses the optimiser's own update direction: momentum, gradient, L2 decay.
         with _watching(weights) as tape:
-            loss = cross_entropy(self.net(x_train, training=True), y_train)
-        grads = tape.gradient(loss, weights)
+            loss = distribute.replica_loss(cross_entropy(self.net(x_train, training=True), y_train))
+        grads = distribute.all_reduce(tape.gradient(loss, weights))
         direction = self.virtual_step_direction(grads, weights, backup, xi)
         for w, b, d in zip(weights, backup, direction):
             _assign(w, b - xi * d)
@@ -144,8 +151,8 @@ class BilevelSearch(Trainer):
         # a copy of the network, so it leaves the moving BatchNorm statistics alone.
         with tf.GradientTape() as tape:
             logits = self.net(x_val, training=True, update_statistics=False)
-            loss = cross_entropy(logits, y_val)
-        grads = tape.gradient(loss, alphas + weights)
+            loss = distribute.replica_loss(cross_entropy(logits, y_val))
+        grads = distribute.all_reduce(tape.gradient(loss, alphas + weights))
         d_alpha, d_weights = grads[:len(alphas)], grads[len(alphas):]
 
         # Hessian-vector product (d^2 L_train / d alpha d w) . d_weights by central differences at w.
@@ -161,12 +168,12 @@ class BilevelSearch(Trainer):
         grads_neg = self._alpha_grads(x_train, y_train)
         for w, b in zip(weights, backup):
             _assign(w, b)
-        hvp = [(p - n) / (2.0 * eps) for p, n in zip(grads_pos, grads_neg)]
+        hvp = distribute.all_reduce([(p - n) / (2.0 * eps) for p, n in zip(grads_pos, grads_neg)])
         return logits, [da - xi * h for da, h in zip(d_alpha, hvp)]
 
     def _alpha_grads(self, x, y):
         with _watching(self.net.alphas) as tape:
-            loss = cross_entropy(self.net(x, training=True), y)
+            loss = distribute.replica_loss(cross_entropy(self.net(x, training=True), y))
         return tape.gradient(loss, self.net.alphas)
 
     def virtual_step_direction(self, grads, weights, values, xi):
