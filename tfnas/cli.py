@@ -131,6 +131,9 @@ def _resolve(arch, channels, cells, classes, image_size, input_channels):
     return architectures.resolve(arch, input_shape=shape, num_classes=classes, channels=channels, cells=cells)
 
 
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+
+
 def config_options(fn):
     opts = [
         click.option("--config", "config_path", type=click.Path(dir_okay=False),
@@ -138,6 +141,9 @@ def config_options(fn):
                           "(without it: the built-in default)."),
         click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                      help="Override one setting, e.g. --set search.trainer.epochs=5 (repeatable)."),
+        click.option("--strategy", type=click.Choice(STRATEGIES, case_sensitive=False),
+                     help="Where the training steps run (runtime.strategy): one device, every local GPU "
+                          "(or runtime.cpu_devices logical CPUs), the workers of TF_CONFIG, or a TPU."),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -171,8 +177,10 @@ def _restart(out) -> None:
     shutil.rmtree(out)
 
 
-def _load(config_path, overrides):
+def _load(config_path, overrides, strategy=None):
     from tfnas import config as config_lib
+    if strategy:  # after the --set overrides: the flag is the more specific choice
+        overrides = (*overrides, f"runtime.strategy={strategy.upper()}")
     return config_lib.load_config(config_path, overrides)
 
 
@@ -180,7 +188,7 @@ def _load(config_path, overrides):
 @config_options
 @run_dir_options("runs/search", "")
 @_friendly
-def search(config_path, overrides, out, restart, quiet):
+def search(config_path, overrides, strategy, out, restart, quiet):
     """Search a cell architecture (DARTS, random search or PetriDish) and write OUT/final_desc.pbtxt.
 
     With no --config it runs the built-in default: a first-order DARTS search on the built-in digits data
@@ -189,7 +197,7 @@ def search(config_path, overrides, out, restart, quiet):
     import pathlib
     from tfnas import describe as describe_lib, rundir
     from tfnas.search import runner
-    config = _load(config_path, overrides)
+    config = _load(config_path, overrides, strategy)
     if restart:  # after the configuration is known to be good: bad input removes nothing
         _restart(out)
     final = runner.search(config, out, verbose=0 if quiet else 1)
@@ -204,14 +212,14 @@ def search(config_path, overrides, out, restart, quiet):
 @config_options
 @run_dir_options("runs/eval", "")
 @_friendly
-def eval_command(arch, config_path, overrides, out, restart, quiet):
+def eval_command(arch, config_path, overrides, strategy, out, restart, quiet):
     """Train a found architecture from scratch and report its test accuracy.
 
     The cells of --desc are expanded to the depth and width of `eval.macro` (DARTS: 20 cells, 36 channels)
     and trained with the auxiliary tower, drop path and augmentation of the configuration.
     """
     from tfnas import evaluation, rundir
-    config = _load(config_path, overrides)
+    config = _load(config_path, overrides, strategy)
     if restart:  # after the configuration is known to be good: bad input removes nothing
         _restart(out)
     final = evaluation.evaluate(config, arch, out, verbose=0 if quiet else 1)
@@ -243,10 +251,10 @@ def export_command(run_dir, out, model_name, version):
 @config_options
 @run_dir_options("runs/run", " (phases in search/, eval/ and export/)")
 @_friendly
-def run(config_path, overrides, out, restart, quiet):
+def run(config_path, overrides, strategy, out, restart, quiet):
     """Search, evaluate and export in one command (the built-in default without arguments)."""
     from tfnas import pipeline
-    config = _load(config_path, overrides)
+    config = _load(config_path, overrides, strategy)
     if restart:  # after the configuration is known to be good: bad input removes nothing
         _restart(out)
     result = pipeline.run(config, out, verbose=0 if quiet else 1, echo=click.echo)

@@ -60,19 +60,20 @@ def get_strategy(runtime: config_pb2.RuntimeConfig | None = None) -> tf.distribu
 
 
 def ensure_cpu_devices(count: int) -> list[str]:
-    """At least `count` logical CPU devices (split from the one physical CPU); their names. They can be
-    made only before TensorFlow's runtime starts; later, what it has must already suffice."""
+    """At least `count` logical CPU devices (split from the one physical CPU); the names of the first
+    `count`. They can be made only before TensorFlow's runtime starts (this does not start it); later,
+    what it has must already suffice."""
     cpu = tf.config.list_physical_devices("CPU")[0]
     if len(tf.config.get_logical_device_configuration(cpu) or []) < count:
         try:
             tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
         except RuntimeError:
-            pass
-    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-    if len(devices) < count:
-        raise StrategyError(f"runtime.cpu_devices: {count} logical CPU devices must be made before TensorFlow "
-                            f"starts, and this process already runs with {len(devices)}; start a new process")
-    return devices[:count]
+            have = len(tf.config.list_logical_devices("CPU"))
+            if have < count:
+                raise StrategyError(f"runtime.cpu_devices: {count} logical CPU devices must be made before "
+                                    f"TensorFlow starts, and this process already runs with {have}; start a new "
+                                    "process") from None
+    return [f"/device:CPU:{i}" for i in range(count)]
 
 
 def _mirrored(cpu_devices: int) -> tf.distribute.Strategy:
@@ -127,14 +128,21 @@ def _multi_worker() -> tf.distribute.Strategy:
 
 
 def _tpu(name: str) -> tf.distribute.Strategy:
+    if not name:  # found here without asking any server: a TPU VM's local chips, or Colab's TPU node
+        if tf.config.list_physical_devices("TPU"):
+            name = "local"
+        elif os.environ.get("COLAB_TPU_ADDR"):
+            name = f"grpc://{os.environ['COLAB_TPU_ADDR']}"
+        else:
+            raise StrategyError("runtime.strategy: TPU: no TPU here (no local TPU devices, no COLAB_TPU_ADDR); "
+                                "name one with runtime.tpu, or choose another runtime.strategy")
     try:
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=name or None)
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=name)
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
     except (ValueError, RuntimeError, tf.errors.OpError) as err:
-        where = f"the TPU {name!r}" if name else "a TPU (none named in runtime.tpu, none found here)"
         detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
-        raise StrategyError(f"runtime.strategy: TPU: cannot connect to {where}: {detail}") from None
+        raise StrategyError(f"runtime.tpu: cannot connect to the TPU {name!r}: {detail}") from None
     return tf.distribute.TPUStrategy(resolver)
 
 
