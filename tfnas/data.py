@@ -429,12 +429,17 @@ def prepare_batch(images_uint8: tf.Tensor, mean: Any, std: Any, config: config_p
     return _cutout(preprocess(_crop_and_flip(images_uint8, config, seeds, window), mean, std), config, seeds, window)
 
 
+# Named, not "auto_select": that picks another generator under XLA (jit_compile, TPUs), and the same seed
+# must crop the same way everywhere. Philox is what auto_select picks on CPUs and GPUs.
+RNG = "philox"
+
+
 def _draw(shape: list, seed: tf.Tensor, window: tuple[Any, int] | None, n, **kw) -> tf.Tensor:
     """Stateless uniform draws of `shape` (the batch axis last), for the window's rows of the global batch."""
     if window is None:
-        return tf.random.stateless_uniform(shape + [n], seed, **kw)
+        return tf.random.stateless_uniform(shape + [n], seed, alg=RNG, **kw)
     start, size = window
-    draws = tf.random.stateless_uniform(shape + [size], seed, **kw)
+    draws = tf.random.stateless_uniform(shape + [size], seed, alg=RNG, **kw)
     return tf.slice(draws, [0] * len(shape) + [start], shape + [n])
 
 
@@ -447,7 +452,7 @@ def _augmentation_seeds(seed: tf.Tensor | int) -> list[tf.Tensor]:
     seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
     if seed.shape.rank == 0:
         seed = tf.stack([seed, tf.constant(0, tf.int64)])
-    return tf.unstack(tf.random.experimental.stateless_split(seed, 4))  # crop, flip, cutout rows, columns
+    return tf.unstack(tf.random.experimental.stateless_split(seed, 4, alg=RNG))  # crop, flip, cutout rows, columns
 
 
 def _crop_and_flip(images: tf.Tensor, config: config_pb2.AugmentationConfig, seeds: list[tf.Tensor],

@@ -55,7 +55,8 @@ def training_step(train_step: Callable, batch_size: int, image_shape: Sequence[i
             if augmenting:
                 base = tf.stack([tf.constant(seed, tf.int64), tf.cast(counter, tf.int64)])
                 x = data_lib.prepare_batch(images, mean, std, augmentation,
-                                           tf.random.experimental.stateless_fold_in(base, i), window)
+                                           tf.random.experimental.stateless_fold_in(base, i, alg=data_lib.RNG),
+                                           window)
             else:
                 x = data_lib.preprocess(images, mean, std)
             batches.append((x, labels))
