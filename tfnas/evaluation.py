@@ -74,7 +74,7 @@ def build_trainer(config: config_pb2.ExperimentConfig, desc: pb.ModelDesc, steps
                   ) -> SupervisedTrainer:
     """The evaluation network of `desc`, compiled, with its optimiser (the benchmark builds it here too)."""
     e = config.eval
-    net = compiler.compile_model(desc, compiler.EVAL_OPTIONS)
+    net = compiler.compile_model(desc, compiler.EVAL_OPTIONS, precision=config.runtime.precision)
     opt = optim.make_optimizer(e.trainer.optimizer, e.trainer.epochs, steps_per_epoch, "optimizer")
     return SupervisedTrainer(net, opt, e.trainer.optimizer)
 
