@@ -203,3 +203,26 @@ def test_bfloat16_depthwise_block_gradients_match_the_composed_block():
         assert one_op.dtype == np.float32
         err = np.linalg.norm(one_op - composed) / np.linalg.norm(composed)
         assert err < 0.03, err
+
+
+@pytest.mark.parametrize("space", ["pc_darts", "petridish"])
+def test_bfloat16_partial_channel_and_petridish_networks_give_alpha_gradients(space):
+    """The other searches' ops at bfloat16: PC-DARTS's bypass scaled by its float32 edge weights, the
+    PetriDish candidates' linear weights through stop-forward."""
+    import test_pc_darts
+    import test_petridish
+    from tfnas.search import petridish
+
+    if space == "pc_darts":
+        desc, classes = test_pc_darts.supernet(), 3
+    else:
+        desc, classes = petridish.grow(test_petridish.seed_desc(), 1, test_petridish.PRIMITIVES, keep=2), 10
+    net = compiler.compile_model(desc, compiler.SEARCH_OPTIONS, precision=BF16)
+    x = tf.constant(np.random.default_rng(0).standard_normal((8, *desc.input_shape)), tf.float32)
+    y = tf.constant(np.arange(8) % classes)
+    with tf.GradientTape() as tape:
+        logits = net(x, training=True, update_statistics=False)
+        loss = metrics.cross_entropy(logits, y)
+    grads = tape.gradient(loss, net.alphas)
+    assert logits.dtype == tf.float32 and np.isfinite(float(loss))
+    assert all(g.dtype == tf.float32 and np.all(np.isfinite(g)) and np.any(g.numpy() != 0) for g in grads)
