@@ -219,7 +219,13 @@ def test_accepted_scalar_forms(tmp_path):
 def test_bad_enum_names_the_allowed_values(tmp_path):
     path = write(tmp_path, "e.yaml", "search:\n  trainer:\n    optimizer:\n      kind: SGDD\n")
     assert error(path) == f"{path}:4: search.trainer.optimizer.kind: expected one of SGD, ADAM, got 'SGDD'"
-    assert "one of DARTS, RANDOM, PETRIDISH" in error(None, ["search.algorithm=darts"])
+    assert "one of DARTS, RANDOM, PETRIDISH" in error(None, ["search.algorithm=dartz"])
+
+
+def test_enum_values_read_in_any_case():
+    loaded = cfg.load_config(None, ["search.algorithm=random", "runtime.precision=mixed_bfloat16"])
+    assert loaded.search.algorithm == config_pb2.SearchConfig.RANDOM
+    assert loaded.runtime.precision == config_pb2.RuntimeConfig.MIXED_BFLOAT16
 
 
 def test_invalid_yaml_reports_the_line(tmp_path):

@@ -22,8 +22,9 @@ EVAL_OPTIONS = pb.CompilerOptions(aux_towers=True, drop_path=True, affine=True)
 def drop_path(x, rate, seed_generator):
     """Zeroes whole examples of one edge's output with probability `rate`, rescaling the rest (DARTS)."""
     keep = 1.0 - rate
-    noise = keras.random.uniform([tf.shape(x)[0], 1, 1, 1], seed=seed_generator, dtype=x.dtype)
-    return x * (tf.floor(keep + noise) / keep)
+    # The mask in the (float32) rate's dtype, cast to a lower compute precision's: 1 / keep is not exact there.
+    noise = keras.random.uniform([tf.shape(x)[0], 1, 1, 1], seed=seed_generator, dtype="float32")
+    return x * tf.cast(tf.floor(keep + noise) / keep, x.dtype)
 
 
 class Cell(keras.layers.Layer):
@@ -37,7 +38,7 @@ class Cell(keras.layers.Layer):
     """
 
     def __init__(self, desc: pb.CellDesc, options: pb.CompilerOptions, **kw):
-        super().__init__(name=desc.id or None, **kw)
+        super().__init__(name=desc.id or None, autocast=False, **kw)  # the ops own the dtypes (ops/layer.py)
         self.desc = desc
         self.options = options
         self.pre0 = ops.create(desc.s0_op, options)
@@ -171,7 +172,7 @@ class NasModel(keras.Model):
     """
 
     def __init__(self, desc: pb.ModelDesc, options: pb.CompilerOptions = SEARCH_OPTIONS, **kw):
-        super().__init__(name=kw.pop("name", "tfnas_model"), **kw)
+        super().__init__(name=kw.pop("name", "tfnas_model"), autocast=False, **kw)  # as Cell
         validate(desc)
         self.desc = desc
         self.options = options
@@ -246,7 +247,18 @@ class NasModel(keras.Model):
         return self.forward(x, training=training, update_statistics=update_statistics)[0]
 
 
-def compile_model(desc: pb.ModelDesc, options: pb.CompilerOptions = SEARCH_OPTIONS) -> NasModel:
+def compile_model(desc: pb.ModelDesc, options: pb.CompilerOptions = SEARCH_OPTIONS,
+                  precision: int | None = None) -> NasModel:
+    """`precision` (a RuntimeConfig.Precision, numbered as CompilerOptions.Precision) overrides
+    `options.precision`. The precision is a compiler option rather than an argument of its own because
+    every op reads its options (ops/layer.py), and whatever rebuilds a network from its options
+    (tfnas.weights, export) then rebuilds its precision too; the argument only spares a caller that starts
+    from a shared constant (EVAL_OPTIONS) copying it to set one field."""
+    if precision is not None and precision != options.precision:
+        copy = pb.CompilerOptions()
+        copy.CopyFrom(options)
+        copy.precision = precision
+        options = copy
     return NasModel(desc, options)
 
 

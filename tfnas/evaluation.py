@@ -77,6 +77,7 @@ def build_trainer(config: config_pb2.ExperimentConfig, desc: pb.ModelDesc, steps
     options = pb.CompilerOptions()
     options.CopyFrom(compiler.EVAL_OPTIONS)
     options.sync_batchnorm = config.runtime.sync_batchnorm
+    options.precision = config.runtime.precision
     net = compiler.compile_model(desc, options)
     opt = optim.make_optimizer(e.trainer.optimizer, e.trainer.epochs, steps_per_epoch, "optimizer")
     return SupervisedTrainer(net, opt, e.trainer.optimizer)

@@ -23,6 +23,13 @@ def unit_scale_offset(channels: int, dtype):
     return per_graph(("unit", channels, dtype), lambda: (tf.ones([channels], dtype), tf.zeros([channels], dtype)))
 
 
+def fused_batch_norm(x):
+    """The fused BatchNorm op for x's dtype: FusedBatchNorm (v1) takes float32 only; at a lower compute
+    precision V3 normalises x in its dtype with float32 scale, offset and statistics. Both return the
+    updated moving averages when exponential_avg_factor != 1."""
+    return tf.raw_ops.FusedBatchNorm if x.dtype == tf.float32 else tf.raw_ops.FusedBatchNormV3
+
+
 class BatchNorm:
     """Fused BatchNorm with moving statistics; its weights are created on (and tracked by) `owner`."""
 
@@ -58,7 +65,7 @@ class BatchNorm:
             if weight is not None:
                 scale, offset = scale * weight, offset * weight
         else:
-            scale, offset = unit_scale_offset(channels, x.dtype)
+            scale, offset = unit_scale_offset(channels, tf.float32)  # float32 at any compute precision
             if weight is not None:
                 scale = weight
         moving_mean, moving_var = self.moving_mean.value, self.moving_var.value
@@ -66,18 +73,18 @@ class BatchNorm:
             moving_mean, moving_var = (tf.tile(v, [copies]) for v in (moving_mean, moving_var))
         # FusedBatchNorm (v1), not V3: the same CPU/GPU kernels, but the gradient tape knows that v1's
         # gradient ignores its statistics outputs, where for V3 it builds zero gradients for all five of
-        # them: 5 fewer ops per BatchNorm and pass to trace.
+        # them: 5 fewer ops per BatchNorm and pass to trace. V3 for a non-float32 x (fused_batch_norm).
         if training and self.synced():
             return self._global_batch_norm(x, scale, offset, copies, update_statistics)
         if training:
-            y, mean, var, *_ = tf.raw_ops.FusedBatchNorm(
+            y, mean, var, *_ = fused_batch_norm(x)(
                 x=x, scale=scale, offset=offset, mean=moving_mean, variance=moving_var,
                 epsilon=EPSILON, exponential_avg_factor=MOMENTUM, data_format="NHWC", is_training=True)
             # The op returns the updated moving averages when exponential_avg_factor != 1.
             if update_statistics:
                 self.update_moving_statistics(mean, var, averaged=True)
             return y
-        y, *_ = tf.raw_ops.FusedBatchNorm(
+        y, *_ = fused_batch_norm(x)(
             x=x, scale=scale, offset=offset, mean=moving_mean, variance=moving_var,
             epsilon=EPSILON, data_format="NHWC", is_training=False)
         return y

@@ -26,6 +26,7 @@ def with_gradient(name: str, forward, backprop_input, backprop_filter, x, w, **a
     gradient if x is on a watched path, the filter's if w is. Sizes are constants where the shapes are
     static."""
     x, w = tf.convert_to_tensor(x), tf.convert_to_tensor(w)  # a variable is read here, as a tape sees it
+    w = tf.cast(w, x.dtype)  # float32 kernels at a lower compute precision (recorded: its gradient casts back)
     with record.stop_recording():
         y = forward(input=x, filter=w, **attrs)
     need_x, need_w = record.should_record_backprop([x]), record.should_record_backprop([w])
@@ -76,12 +77,17 @@ def pointwise(x, w, grouped: bool = True):
                       for xg, wg in zip(tf.split(x, groups, -1), tf.split(w, groups, -1))], -1)
 
 
+def grouped_conv_supported(dtype: tf.DType = tf.float32) -> bool:
+    """Whether this TensorFlow runs a grouped conv and its gradients in `dtype`: a fact of the installed
+    build, tried once per dtype, eagerly, on one pixel, when the first layer with copies is built (the CPU
+    kernels differ: oneDNN's take float32 and bfloat16, the float16 filter gradient is Eigen's)."""
+    return _grouped_conv_supported(tf.as_dtype(dtype).name)
+
+
 @functools.cache
-def grouped_conv_supported() -> bool:
-    """Whether this TensorFlow runs a grouped conv and its gradients: a fact of the installed build, tried
-    once, eagerly, on one pixel, when the first layer with copies is built."""
+def _grouped_conv_supported(dtype: str) -> bool:
     try:
-        x, w = tf.ones([1, 1, 1, 2]), tf.ones([1, 1, 1, 2])
+        x, w = tf.ones([1, 1, 1, 2], dtype), tf.ones([1, 1, 1, 2], dtype)
         with tf.GradientTape() as tape:
             tape.watch([x, w])
             y = tf.nn.conv2d(x, w, 1, "VALID")

@@ -8,6 +8,12 @@ are created in `__init__` from the descriptor's channels, so a model is built wi
 What changes how an op computes comes from its compiler options (`self.options`, fixed when the layer is
 built) or from an argument of its call (`training`, `update_statistics`), never from module state: two
 models with different options can live in one process, and replica threads trace side by side.
+
+The compute dtype (CompilerOptions.precision) follows the same rule. Activations carry it from the stem
+on and every op computes in its input's dtype, casting its float32 kernels where it reads them; Keras's
+own autocasting is off (`autocast=False`): with a float32 layer policy it would cast every bfloat16
+input back to float32, and a mixed layer policy would also cast the BatchNorm parameters and statistics,
+which the fused BatchNorm takes in float32.
 """
 from __future__ import annotations
 
@@ -23,6 +29,13 @@ from tfnas.proto import descriptors_pb2 as pb
 
 
 _BATCHNORM_VECTORS = ("mean", "var", "gamma", "beta")  # the suffixes of a BatchNorm's weights (batchnorm.py)
+_COMPUTE_DTYPES = {pb.CompilerOptions.FLOAT32: tf.float32, pb.CompilerOptions.MIXED_BFLOAT16: tf.bfloat16,
+                   pb.CompilerOptions.MIXED_FLOAT16: tf.float16}
+
+
+def compute_dtype(options: pb.CompilerOptions) -> tf.DType:
+    """The dtype a network compiled with `options` computes its activations in."""
+    return _COMPUTE_DTYPES[options.precision]
 
 
 def layer_name(desc: pb.OpDesc) -> str | None:
@@ -73,9 +86,10 @@ class OpLayer(keras.layers.Layer):
     copy_axes: dict[str, int | None] = {}
 
     def __init__(self, desc: pb.OpDesc, options: pb.CompilerOptions, copies: int = 1, **kwargs):
-        super().__init__(name=layer_name(desc), **kwargs)
+        super().__init__(name=layer_name(desc), autocast=False, **kwargs)
         self.desc = desc
         self.options = options
+        self.activation_dtype = compute_dtype(options)
         self.stride = desc.stride or 1
         if self.stride not in (1, 2):
             raise ValueError(f"operation {desc.id or desc.name}: stride must be 1 or 2, got {self.stride}")
@@ -84,7 +98,7 @@ class OpLayer(keras.layers.Layer):
         self.copies = copies
         self.out_copies = copies
         # Whether this TensorFlow runs grouped convs as one op: probed now, eagerly, not while tracing.
-        self.grouped = copies == 1 or grouped_conv_supported()
+        self.grouped = copies == 1 or grouped_conv_supported(self.activation_dtype)
 
     def finish_build(self) -> None:
         self.built = True

@@ -66,11 +66,15 @@ class MixedOp(OpLayer):
         if self.stride == 2:
             bypass = tf.nn.max_pool2d(bypass, 2, 2, "SAME")
         outs = self._mix(x[..., :c], weights, rows, training, update_statistics)
+        if edge_scale is not None:
+            edge_scale = tf.cast(edge_scale, bypass.dtype)  # float32 weights, scaling activations
         return [shuffle_channels(tf.concat([y, bypass if edge_scale is None else bypass * edge_scale[r, 0]], axis=-1),
                                  self.partial) for y, r in zip(outs, rows)]
 
     def _mix(self, x, weights, rows: tuple, training, update_statistics):
         k = self.copies
+        # The weights stay float32 (softmax of float32 alphas): BatchNorms take them as their scale. Where
+        # they multiply activations of a lower compute precision they are cast to it (`scaling`).
         weights = tf.convert_to_tensor(weights, tf.float32)
         if len(rows) != k:
             raise ValueError(f"operation {self.desc.id}: {k} copies need {k} weight rows, got {len(rows)}")
@@ -79,7 +83,18 @@ class MixedOp(OpLayer):
         # entry); its gradient is a MatMul too, where gather/tile/reshape took about 30 ops to trace.
         channels = (self.desc.out_channels or self.desc.in_channels) // self.partial
         expand = _row_expansion(int(weights.shape[0]), rows, channels)
-        columns = tf.unstack(tf.raw_ops.MatMul(a=weights, b=expand, transpose_a=True, transpose_b=False))
+        expanded = tf.raw_ops.MatMul(a=weights, b=expand, transpose_a=True, transpose_b=False)
+        columns = tf.unstack(expanded)
+        cast_columns = []
+
+        def scaling(column, y):
+            """Candidate `column`'s weights in y's dtype (one cast for all candidates, where needed)."""
+            if y.dtype == columns[column].dtype:
+                return columns[column]
+            if not cast_columns:
+                cast_columns.extend(tf.unstack(tf.cast(expanded, y.dtype)))
+            return cast_columns[column]
+
         terms, shared, blocked = [], SharedInputs(), {}  # blocked: block size -> outputs in that layout
         # A pool's BatchNorm takes the weights as its scale where its output is not shared by k copies,
         # and for k copies in passes that differentiate the weights (alpha passes): see _fold_pool_weight.
@@ -108,7 +123,7 @@ class MixedOp(OpLayer):
             if shared_out:
                 y = tile_channels(y, k)  # one output for all k edges
             # A per-channel vector on the last axis: TF's fast broadcasting path, forward and backward.
-            terms.append(columns[column] * y)
+            terms.append(scaling(column, y) * y)
         for block, ys in blocked.items():  # summed in block layout, copied back once
             terms.append(from_blocks(tf.add_n(ys) if len(ys) > 1 else ys[0], block))
         if not terms:  # only `none` candidates

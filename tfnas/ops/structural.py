@@ -3,6 +3,11 @@ auxiliary tower.
 
 The stem's BatchNorm is affine in search and evaluation alike, as in the DARTS code; the auxiliary tower
 exists only in evaluation (the compiler leaves it out of search models).
+
+At a lower compute precision (CompilerOptions.precision) the stem casts the input to it, and the head
+(global pooling and classifier, the auxiliary tower's classifier) computes in float32: a mean over a few
+pixels and a [batch, C] x [C, classes] product cost nothing next to the cells, and the logits, and so the
+losses, come out float32 without the trainers casting anything.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ class Stem(OpLayer):
         self.finish_build()
 
     def call(self, x, training=False, update_statistics=True):
+        x = tf.cast(x, self.activation_dtype)
         return self.bn(conv2d(x, self.w, self.stride, self.padding), training, update_statistics=update_statistics)
 
     def macs(self, h, w):
@@ -60,7 +66,7 @@ class GlobalAvgPool(OpLayer):
         self.finish_build()
 
     def call(self, x, training=False, update_statistics=True):
-        return tf.reduce_mean(x, axis=[1, 2])
+        return tf.reduce_mean(tf.cast(x, tf.float32), axis=[1, 2])
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[-1])
@@ -78,7 +84,7 @@ class Linear(OpLayer):
         self.finish_build()
 
     def call(self, x, training=False, update_statistics=True):
-        return tf.matmul(x, self.w) + self.b
+        return tf.matmul(tf.cast(x, tf.float32), self.w) + self.b
 
     def macs(self, h, w):
         return int(np.prod(self.w.shape))
@@ -107,12 +113,13 @@ class AuxTower(OpLayer):
     def call(self, x, training=False, update_statistics=True):
         x = tf.nn.relu(x)
         x = tf.nn.avg_pool2d(x, 5, 3, "VALID" if x.shape[1] >= 5 and x.shape[2] >= 5 else "SAME")
-        x = tf.nn.relu(self.bn1(tf.nn.conv2d(x, self.w1, 1, "VALID"), training, update_statistics=update_statistics))
-        w2 = self.w2
+        x = tf.nn.relu(self.bn1(tf.nn.conv2d(x, tf.cast(self.w1, x.dtype), 1, "VALID"), training,
+                                update_statistics=update_statistics))
+        w2 = tf.cast(self.w2, x.dtype)
         if x.shape[1] < 2 or x.shape[2] < 2:
             w2 = w2[: min(2, x.shape[1]), : min(2, x.shape[2])]
         x = tf.nn.relu(self.bn2(tf.nn.conv2d(x, w2, 1, "VALID"), training, update_statistics=update_statistics))
-        x = tf.reduce_mean(x, axis=[1, 2])
+        x = tf.reduce_mean(tf.cast(x, tf.float32), axis=[1, 2])
         return tf.matmul(x, self.fc_w) + self.fc_b
 
     def macs(self, h, w):
