@@ -214,3 +214,44 @@ def test_cli_strategy_errors_are_one_line_and_exit_2(tmp_path, args, env, messag
         assert message in result.output
         assert "Traceback" not in result.output
         assert not (tmp_path / command).exists()  # nothing was written
+
+
+# -- XLA --------------------------------------------------------------------------------------------------
+
+def run_steps(build, jit: bool, augmentation, streams: int):
+    keras.utils.set_random_seed(0)
+    trainer = build()
+    step = steps.training_step(trainer.train_step, N, SHAPE, MEAN, STD, streams=streams, augmentation=augmentation,
+                               counter=trainer.step_counter, jit_compile=jit)
+    for batch in uint8_batches(2):
+        logs = step(*batch[:2 * streams])
+    return {k: float(v) for k, v in logs.items()}, [v.numpy() for v in trainer.net.trainable_variables]
+
+
+def tiny_eval_trainer():
+    from tfnas import architectures
+    cfg = config.load_config(None, ["eval.macro.cells=3", "eval.macro.channels=4", "eval.trainer.batch_size=8"])
+    desc = architectures.resolve("DARTS_V2", cfg.eval.macro, list(SHAPE), 3, require_final=True)
+    return evaluation.build_trainer(cfg, desc, steps_per_epoch=2)
+
+
+@pytest.mark.parametrize("what", ["search", "evaluation"])
+def test_jit_compiled_steps_compute_what_the_plain_steps_compute(what):
+    """Two steps, from the same weights and batches, agree to float32 rounding. Without augmentation: with
+    crop, flip and cutout together, XLA's batches were seen to differ from the plain kernels' in a few
+    pixels (each part alone agrees exactly; benchmarks/README.md, XLA)."""
+    build, streams = (lambda: tb.make_search(cells=2, reduction_cells=(1,)), 2) if what == "search" else \
+        (tiny_eval_trainer, 1)
+    from tensorflow.python.framework import config as tf_config  # private: no public way to turn it off
+    plain_logs, plain = run_steps(build, False, None, streams)
+    tf_config.disable_op_determinism()  # XLA has no deterministic max-pool gradient (DARTS_V2's reductions)
+    try:
+        xla_logs, xla = run_steps(build, True, None, streams)
+    finally:
+        tf.config.experimental.enable_op_determinism()
+    for name, value in plain_logs.items():
+        assert xla_logs[name] == pytest.approx(value, rel=1e-5), name
+    # All weights as one vector: where max pooling meets tied pixels (uint8 images), XLA may route a
+    # gradient to another of the tied positions, which moves a small tensor by a few per cent.
+    flat = lambda ws: np.concatenate([w.ravel() for w in ws])  # noqa: E731
+    assert rel(flat(xla), flat(plain)) < 1e-4
