@@ -12,6 +12,7 @@ import tensorflow as tf
 from click.testing import CliRunner
 
 from tfnas import checkpoints, cli, config, data as data_lib, export, files, rundir
+from tfnas.errors import UserError
 from tfnas.search import runner
 
 TINY = ["search.macro.cells=3", "search.macro.nodes=2", "search.macro.channels=4",
@@ -34,6 +35,11 @@ def test_url_paths_keep_their_scheme():
     assert str((p / ".." / "c").resolve()) == "gs://bucket/a/c"
     assert str(p / "s3://other/x") == "s3://other/x"
     assert files.is_url("ram://x") and not files.is_url("runs/x") and not files.is_url("C:\\runs")
+
+
+def test_a_scheme_without_a_file_system_is_one_clear_error():
+    with pytest.raises(UserError, match="File system scheme 'nope' not implemented.*plugin"):
+        files.path("nope://bucket/run").exists()
 
 
 def test_local_paths_stay_pathlib_paths_as_given():

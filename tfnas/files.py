@@ -25,6 +25,8 @@ import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
 
+from tfnas.errors import UserError
+
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)(.*)$", re.DOTALL)
 
 
@@ -36,7 +38,8 @@ def is_url(p: str | os.PathLike) -> bool:
 @contextlib.contextmanager
 def _as_os_errors(where: object) -> Iterator[None]:
     """TensorFlow's file errors as the OSError subclasses pathlib raises, so callers catch one family
-    (`except OSError`, the command line's FileNotFoundError) whatever the file system."""
+    (`except OSError`, the command line's FileNotFoundError) whatever the file system. A scheme that
+    TensorFlow has no file system for is the user's to fix, so it is a UserError (one line, exit code 2)."""
     import tensorflow as tf
     try:
         yield
@@ -46,6 +49,9 @@ def _as_os_errors(where: object) -> Iterator[None]:
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(where)) from None
     except tf.errors.PermissionDeniedError:
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(where)) from None
+    except tf.errors.UnimplementedError as err:
+        raise UserError(f"{err.message}: TensorFlow has gs:// and ram:// built in, other schemes need a "
+                        "file-system plugin (such as tensorflow-io's)") from None
     except tf.errors.OpError as err:
         raise OSError(errno.EIO, err.message or type(err).__name__, str(where)) from None
 
