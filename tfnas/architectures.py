@@ -7,10 +7,9 @@ re-laid out, and `require_final` refuses it where only a finalised network makes
 """
 from __future__ import annotations
 
-import pathlib
 from typing import Sequence
 
-from tfnas import genotypes, macro as macro_lib
+from tfnas import files, genotypes, macro as macro_lib
 from tfnas.descriptors import DescriptorError, load_model_desc, reads_alphas
 from tfnas.proto import config_pb2
 from tfnas.proto import descriptors_pb2 as pb
@@ -70,7 +69,7 @@ def resolve(arch: str | pb.ModelDesc, macro: config_pb2.MacroConfig | None = Non
         return genotypes.to_desc(genotypes.lookup(arch), _sized(macro or EVAL_MACRO, channels, cells), shape,
                                  classes, source=arch.upper())
     if isinstance(arch, str):
-        if not pathlib.Path(arch).exists():
+        if not files.path(arch).exists():
             raise DescriptorError(f"{arch}: neither a descriptor file nor a known architecture "
                                   f"({', '.join(known_names())})")
         desc = load_model_desc(arch)

@@ -21,16 +21,15 @@ Each loop passes the fault-injection points of tfnas.faults (`<key>:before`, `:d
 from __future__ import annotations
 
 import os
-import pathlib
 import sys
 from typing import Callable
 
 import tensorflow as tf
 from google.protobuf import text_format
 
-from tfnas import faults
+from tfnas import faults, files
 from tfnas.errors import UserError
-from tfnas.files import write_atomic
+from tfnas.files import AnyPath, write_atomic
 from tfnas.proto import search_pb2
 
 SEARCH = "search"
@@ -38,9 +37,9 @@ EVAL = "eval"
 DONE = "done"
 
 
-def loop_dir(run_dir: str | os.PathLike, key: str) -> pathlib.Path:
+def loop_dir(run_dir: str | os.PathLike, key: str) -> AnyPath:
     """Where the loop `key` of a run keeps its checkpoints, its state and its done marker."""
-    return pathlib.Path(run_dir) / "checkpoints" / key
+    return files.path(run_dir) / "checkpoints" / key
 
 
 def random_trial_key(trial: int) -> str:
@@ -107,12 +106,12 @@ def is_done(run_dir: str | os.PathLike, key: str) -> bool:
     return (loop_dir(run_dir, key) / DONE).exists()
 
 
-def outputs_dir(run_dir: str | os.PathLike, key: str) -> pathlib.Path:
+def outputs_dir(run_dir: str | os.PathLike, key: str) -> AnyPath:
     """Where the loop `key` keeps what it hands to the loops after it (written before its done marker)."""
     return loop_dir(run_dir, key) / "outputs"
 
 
-def commit(run_dir: str | os.PathLike, key: str, write: Callable[[pathlib.Path], None] | None = None) -> None:
+def commit(run_dir: str | os.PathLike, key: str, write: Callable[[AnyPath], None] | None = None) -> None:
     """Ends the loop `key`: `write(outputs_dir)` writes its outputs, then the done marker is written, then
     the `after` fault point. A crash in between leaves the loop not done, and it commits again on resume."""
     out = outputs_dir(run_dir, key)
@@ -126,15 +125,15 @@ def commit(run_dir: str | os.PathLike, key: str, write: Callable[[pathlib.Path],
 _STATE_SUFFIX = ".state.pbtxt"
 
 
-def _checkpoint_of(state_file: pathlib.Path) -> str:
+def _checkpoint_of(state_file: AnyPath) -> str:
     """The TF checkpoint a state file belongs to: `ckpt-3.state.pbtxt` -> `ckpt-3`."""
     return state_file.name[: -len(_STATE_SUFFIX)]
 
 
 def latest_state(run_dir: str | os.PathLike, key: str) -> search_pb2.LoopState | None:
     """The newest LoopState the loop `key` saved (read only, nothing restored); None if it saved none."""
-    files = LoopCheckpoint.state_files(loop_dir(run_dir, key))
-    return text_format.Parse(files[0].read_text(), search_pb2.LoopState()) if files else None
+    states = LoopCheckpoint.state_files(loop_dir(run_dir, key))
+    return text_format.Parse(states[0].read_text(), search_pb2.LoopState()) if states else None
 
 
 class LoopCheckpoint:
@@ -146,7 +145,7 @@ class LoopCheckpoint:
     falls back to the one before it, with a warning naming the file."""
 
     def __init__(self, run_dir: str | os.PathLike, key: str, max_to_keep: int = 2, **objects):
-        self.run_dir = pathlib.Path(run_dir)
+        self.run_dir = files.path(run_dir)
         self.dir = loop_dir(run_dir, key)
         self.key = key
         self.checkpoint = tf.train.Checkpoint(**objects)
@@ -163,7 +162,7 @@ class LoopCheckpoint:
     def done(self) -> bool:
         return is_done(self.run_dir, self.key)
 
-    def commit(self, write: Callable[[pathlib.Path], None] | None = None) -> None:
+    def commit(self, write: Callable[[AnyPath], None] | None = None) -> None:
         commit(self.run_dir, self.key, write)
 
     def save(self, state: search_pb2.LoopState) -> None:
@@ -180,9 +179,9 @@ class LoopCheckpoint:
                 path.unlink(missing_ok=True)
 
     @staticmethod
-    def state_files(directory: pathlib.Path) -> list[pathlib.Path]:
+    def state_files(directory: AnyPath) -> list[AnyPath]:
         """A loop directory's state files, newest checkpoint first."""
-        def number(path: pathlib.Path) -> int:
+        def number(path: AnyPath) -> int:
             tail = _checkpoint_of(path).rpartition("-")[2]
             return int(tail) if tail.isdigit() else -1
         return sorted(directory.glob(f"*{_STATE_SUFFIX}"), key=number, reverse=True) if directory.is_dir() else []

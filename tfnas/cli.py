@@ -163,18 +163,16 @@ def run_dir_options(default: str, what: str):
 
 def _restart(out) -> None:
     """Empties a run directory for --restart, saying first what goes; only what tfnas writes there."""
-    import pathlib
-    import shutil
-    from tfnas import rundir
+    from tfnas import files, rundir
     from tfnas.errors import UserError
-    out = pathlib.Path(out)
+    out = files.path(out)
     if not out.exists():
         return
     entries = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
     if entries and not any((out / sub / rundir.CONFIG_FILE).exists() for sub in ("", "search", "eval")):
         raise UserError(f"--restart: {out} holds no tfnas run (no {rundir.CONFIG_FILE}); not removing it")
     click.echo(f"--restart: removing {out}: {', '.join(entries) or 'nothing'}")
-    shutil.rmtree(out)
+    files.rmtree(out)
 
 
 def _load(config_path, overrides, strategy=None):
@@ -194,14 +192,13 @@ def search(config_path, overrides, strategy, out, restart, quiet):
     With no --config it runs the built-in default: a first-order DARTS search on the built-in digits data
     (no download), a few minutes on 2 CPU cores.
     """
-    import pathlib
-    from tfnas import describe as describe_lib, rundir
+    from tfnas import describe as describe_lib, files, rundir
     from tfnas.search import runner
     config = _load(config_path, overrides, strategy)
     if restart:  # after the configuration is known to be good: bad input removes nothing
         _restart(out)
     final = runner.search(config, out, verbose=0 if quiet else 1)
-    out = pathlib.Path(out)
+    out = files.path(out)
     click.echo(describe_lib.format_text(describe_lib.describe(final, str(out / rundir.FINAL_DESC))))
     click.echo(f"found architecture: {out / rundir.FINAL_DESC} (cells drawn in {out / rundir.FINAL_CELLS})")
 
@@ -237,9 +234,8 @@ def eval_command(arch, config_path, overrides, strategy, out, restart, quiet):
 @_friendly
 def export_command(run_dir, out, model_name, version):
     """Export the trained network as a SavedModel in the TF Serving layout."""
-    import pathlib
-    from tfnas import config as config_lib, export as export_lib, rundir
-    run = pathlib.Path(run_dir)
+    from tfnas import config as config_lib, export as export_lib, files, rundir
+    run = files.path(run_dir)
     saved = next((p for p in (run / rundir.CONFIG_FILE, run / "eval" / rundir.CONFIG_FILE) if p.exists()), None)
     config = config_lib.load_config(saved) if saved else config_lib.load_config()
     path = export_lib.export(run, out, model_name or config.export.model_name or "tfnas",

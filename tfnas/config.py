@@ -18,8 +18,8 @@ from typing import Any, Sequence
 import yaml
 from google.protobuf import descriptor, json_format, text_format
 
+from tfnas import files
 from tfnas.errors import UserError
-from tfnas.files import write_atomic
 from tfnas.proto import config_pb2
 
 DEFAULT_CONFIG_PATH = pathlib.Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
@@ -205,7 +205,7 @@ def _key_positions(node: yaml.Node, prefix: str, src: str, out: dict[str, str]) 
         _key_positions(value_node, path, src, out)
 
 
-def _read_file(path: pathlib.Path, src: str, chain: tuple[pathlib.Path, ...],
+def _read_file(path: files.AnyPath, src: str, chain: tuple[files.AnyPath, ...],
                positions: dict[str, str]) -> dict[str, Any]:
     """One file with its includes resolved (they come first, in order, then the file's own keys).
     `positions` gets where each key was written, later files over earlier ones, as the values merge."""
@@ -237,7 +237,7 @@ def _read_file(path: pathlib.Path, src: str, chain: tuple[pathlib.Path, ...],
         if target in chain:
             cycle = " -> ".join(p.name for p in chain[chain.index(target):] + (target,))
             raise ConfigError(f"{_where(src, include_node)}: include cycle: {cycle}")
-        merged = _merge(merged, _read_file(target, str(pathlib.Path(src).parent / name), chain + (target,),
+        merged = _merge(merged, _read_file(target, str(files.path(src).parent / name), chain + (target,),
                                            positions))
     positions.update(own)
     return _merge(merged, data)
@@ -288,7 +288,7 @@ def load_config(path: str | os.PathLike[str] | None = None,
     positions: dict[str, str] = {}  # dotted key -> where its value was last written
     data = _read_file(default, str(DEFAULT_CONFIG_PATH), (default,), positions)
     if path is not None:
-        user = pathlib.Path(path).resolve()
+        user = files.path(path).resolve()
         data = _merge(data, _read_file(user, str(path), (user,), positions))
     for item in overrides:
         override = _override(item)
@@ -412,4 +412,4 @@ def config_to_yaml(config: config_pb2.ExperimentConfig) -> str:
 
 def save_config(config: config_pb2.ExperimentConfig, path: str | os.PathLike[str]) -> None:
     """Writes `config` as YAML that load_config reads back equal; atomic, so a crash leaves no half file."""
-    write_atomic(path, config_to_yaml(config))
+    files.write_atomic(path, config_to_yaml(config))

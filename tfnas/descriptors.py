@@ -7,12 +7,11 @@ interrupted run never leaves a half-written final descriptor behind.
 from __future__ import annotations
 
 import os
-import pathlib
 
 from google.protobuf import json_format, message, text_format
 
+from tfnas import files
 from tfnas.errors import UserError
-from tfnas.files import write_atomic
 from tfnas.proto import descriptors_pb2 as pb
 
 
@@ -20,7 +19,7 @@ class DescriptorError(UserError):
     """A descriptor that cannot be read or compiled; the message names file, cell, node and edge."""
 
 
-def _format(path: pathlib.Path) -> str:
+def _format(path: files.AnyPath) -> str:
     suffix = path.suffix.lower()
     if suffix in (".pbtxt", ".textproto", ".txtpb", ".txt"):
         return "text"
@@ -54,12 +53,12 @@ def from_bytes(data: bytes, msg: message.Message, fmt: str, where: str = "<bytes
 
 
 def save(msg: message.Message, path: str | os.PathLike) -> None:
-    path = pathlib.Path(path)
-    write_atomic(path, to_bytes(msg, _format(path)))
+    path = files.path(path)
+    files.write_atomic(path, to_bytes(msg, _format(path)))
 
 
 def load_model_desc(path: str | os.PathLike) -> pb.ModelDesc:
-    path = pathlib.Path(path)
+    path = files.path(path)
     if not path.is_file():
         raise DescriptorError(f"{path}: no such descriptor file")
     desc = from_bytes(path.read_bytes(), pb.ModelDesc(), _format(path), str(path))

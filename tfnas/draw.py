@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from tfnas import files
 from tfnas.alphas import alpha_arrays, softmax, strongest
 from tfnas.descriptors import reads_alphas
 from tfnas.errors import UserError
@@ -386,20 +387,22 @@ def save(image: Image.Image, path: str | os.PathLike) -> None:
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
     if ext == ".png":
-        image.save(path, format="PNG")
+        data = png_bytes(image)
     elif ext in (".jpg", ".jpeg"):
-        image.convert("RGB").save(path, format="JPEG", quality=95)
+        buf = io.BytesIO()
+        image.convert("RGB").save(buf, format="JPEG", quality=95)
+        data = buf.getvalue()
     elif ext == ".svg":
         data = base64.b64encode(png_bytes(image)).decode("ascii")
         w, h = image.size
         svg = (f'<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
                f'width="{w}" height="{h}" viewBox="0 0 {w} {h}">\n'
                f'  <image width="{w}" height="{h}" xlink:href="data:image/png;base64,{data}"/>\n</svg>\n')
-        with open(path, "w", encoding="ascii") as f:
-            f.write(svg)
+        data = svg.encode("ascii")
     else:
         raise UserError(f"cannot save picture to {path!r}: unknown extension {ext or '(none)'!r}, "
                          f"use .png, .jpg, .jpeg or .svg")
+    files.path(path).write_bytes(data)
 
 
 def to_tensor_image(image: Image.Image) -> np.ndarray:

@@ -13,14 +13,14 @@ evaluation is not rerun.
 from __future__ import annotations
 
 import json
-import pathlib
+import os
 
 import numpy as np
 import tensorflow as tf
 
 from tfnas import architectures, checkpoints, compiler, data as data_lib, descriptors, distribute, rundir, runtime
 from tfnas.errors import UserError
-from tfnas.files import write_atomic
+from tfnas.files import AnyPath, write_atomic
 from tfnas.proto import config_pb2
 from tfnas.proto import descriptors_pb2 as pb
 from tfnas.train import optim, steps as steps_lib
@@ -29,7 +29,7 @@ from tfnas.train.metrics import correct, cross_entropy
 from tfnas.train.supervised import SupervisedTrainer
 
 
-def has_weights(out: pathlib.Path) -> bool:
+def has_weights(out: str | os.PathLike) -> bool:
     """Whether an evaluation directory holds finished, trained weights: its training loop is done, and it
     writes them before its done marker."""
     return checkpoints.is_done(out, checkpoints.EVAL)
@@ -47,7 +47,7 @@ def test_accuracy(logits_of, x: np.ndarray, y: np.ndarray, batch_size: int) -> t
 
 
 class EvalMonitor(EpochCallback):
-    def __init__(self, run_dir: pathlib.Path, net, test_split, mean, std, batch_size):
+    def __init__(self, run_dir: AnyPath, net, test_split, mean, std, batch_size):
         self.run_dir, self.net, self.test, self.batch = run_dir, net, test_split, batch_size
         self.logits_of = steps_lib.inference_function(net, test_split[0].shape[1:], mean, std)
         self.writer = tf.summary.create_file_writer(str(run_dir / rundir.TENSORBOARD))
@@ -94,7 +94,7 @@ def training_step(config: config_pb2.ExperimentConfig, trainer: SupervisedTraine
                                    jit_compile=jit)
 
 
-def evaluate(config: config_pb2.ExperimentConfig, arch: str | pb.ModelDesc, out_dir: str | pathlib.Path,
+def evaluate(config: config_pb2.ExperimentConfig, arch: str | pb.ModelDesc, out_dir: str | os.PathLike,
              verbose: int = 1, stop_after_steps: int | None = None,
              dataset: data_lib.Dataset | None = None) -> dict | None:
     """Trains `arch` from scratch (or resumes); returns the final metrics (None if stopped on purpose)."""

@@ -11,13 +11,12 @@ descriptor and the class names travel with the model as assets.
 from __future__ import annotations
 
 import json
-import pathlib
-import tempfile
+import os
 
 import numpy as np
 import tensorflow as tf
 
-from tfnas import checkpoints, compiler, descriptors
+from tfnas import checkpoints, compiler, descriptors, files
 from tfnas.errors import UserError
 from tfnas.evaluation import has_weights
 from tfnas.proto import descriptors_pb2 as pb
@@ -56,9 +55,9 @@ class ServingModule(tf.Module):
                 "class_name": tf.gather(self.class_names, class_id)}
 
 
-def find_eval_dir(run_dir: str | pathlib.Path) -> pathlib.Path:
+def find_eval_dir(run_dir: str | os.PathLike) -> files.AnyPath:
     """The evaluation output inside `run_dir`: the directory itself or its `eval/` phase folder."""
-    run = pathlib.Path(run_dir)
+    run = files.path(run_dir)
     for candidate in (run, run / "eval"):
         if (candidate / MODEL_DESC).exists() and has_weights(candidate):
             return candidate
@@ -66,7 +65,7 @@ def find_eval_dir(run_dir: str | pathlib.Path) -> pathlib.Path:
                     "folder with them); run `tfnas eval` or `tfnas run` first")
 
 
-def load_trained(eval_dir: pathlib.Path, options: pb.CompilerOptions = SERVING_OPTIONS
+def load_trained(eval_dir: files.AnyPath, options: pb.CompilerOptions = SERVING_OPTIONS
                  ) -> tuple[pb.ModelDesc, compiler.NasModel, dict]:
     """The trained network of an evaluation directory compiled with `options`, its weights loaded by
     path (a serving network has no auxiliary tower or drop path: those trained values are left out)."""
@@ -77,28 +76,29 @@ def load_trained(eval_dir: pathlib.Path, options: pb.CompilerOptions = SERVING_O
     return desc, net, info
 
 
-def export(run_dir: str | pathlib.Path, export_dir: str | pathlib.Path | None = None, model_name: str = "tfnas",
-           version: int = 1) -> pathlib.Path:
+def export(run_dir: str | os.PathLike, export_dir: str | os.PathLike | None = None, model_name: str = "tfnas",
+           version: int = 1) -> files.AnyPath:
     """Writes the SavedModel; refuses to overwrite an existing version (bump `version` instead)."""
     eval_dir = find_eval_dir(run_dir)
-    base = pathlib.Path(export_dir) if export_dir else pathlib.Path(run_dir) / "export"
+    base = files.path(export_dir) if export_dir else files.path(run_dir) / "export"
     target = base / model_name / str(version)
     if target.exists():
         raise UserError(f"{target} already exists; export under another version (export.version) or remove it")
     desc, net, info = load_trained(eval_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{version}.") as tmp:
-        tmp = pathlib.Path(tmp)
+    with files.temporary_directory(target.parent, prefix=f".{version}.") as tmp:
         descriptors.save(desc, tmp / "model_desc.pbtxt")
         (tmp / "classes.txt").write_text("".join(f"{c}\n" for c in info["class_names"]))
         module = ServingModule(net, info, str(tmp / "model_desc.pbtxt"), str(tmp / "classes.txt"))
         saved = tmp / "saved_model"
         tf.saved_model.save(module, str(saved), signatures={"serving_default": module.serve})
-        saved.rename(target)  # atomic on one filesystem: a version folder is complete or absent
+        # Local: one atomic rename, so a version folder is complete or absent. Elsewhere (GCS) file by file,
+        # saved_model.pb last: a version that has it has everything else.
+        files.move_tree(saved, target, last=["saved_model.pb"])
     return target
 
 
-def reference_predictions(run_dir: str | pathlib.Path, images: np.ndarray) -> np.ndarray:
+def reference_predictions(run_dir: str | os.PathLike, images: np.ndarray) -> np.ndarray:
     """Class probabilities of the trained Keras model (no export), for checking an export against."""
     eval_dir = find_eval_dir(run_dir)
     _, trained, info = load_trained(eval_dir, compiler.EVAL_OPTIONS)

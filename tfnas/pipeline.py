@@ -9,17 +9,17 @@ command after a crash continues where it stopped.
 """
 from __future__ import annotations
 
-import pathlib
+import os
 from typing import Callable
 
-from tfnas import describe, evaluation, export as export_lib, rundir
+from tfnas import describe, evaluation, export as export_lib, files, rundir
 from tfnas.proto import config_pb2
 from tfnas.search import runner
 
 
-def run(config: config_pb2.ExperimentConfig, out_dir: str | pathlib.Path, verbose: int = 1,
+def run(config: config_pb2.ExperimentConfig, out_dir: str | os.PathLike, verbose: int = 1,
         echo: Callable[[str], None] = print) -> dict:
-    out = pathlib.Path(out_dir)
+    out = files.path(out_dir)
     echo(f"[1/3] search -> {out / 'search'}")
     final = runner.search(config, out / "search", verbose=verbose)
     echo(f"found: {describe.cells_line(final)}")

@@ -10,12 +10,13 @@
                    checkpoints/
 
 `tfnas run` puts one of each under <out>/search and <out>/eval, and the SavedModel under <out>/export.
+A run directory may be a URL (gs://bucket/run): every file of it is read and written through tfnas.files.
 """
 from __future__ import annotations
 
-import pathlib
+import os
 
-from tfnas import config as config_lib
+from tfnas import config as config_lib, files
 from tfnas.errors import UserError
 from tfnas.proto import config_pb2
 
@@ -66,11 +67,11 @@ def differences(a: config_pb2.ExperimentConfig, b: config_pb2.ExperimentConfig) 
     return [(k, fa.get(k), fb.get(k)) for k in dict.fromkeys([*fa, *fb]) if fa.get(k) != fb.get(k)]
 
 
-def prepare(out_dir: str | pathlib.Path, config: config_pb2.ExperimentConfig) -> pathlib.Path:
+def prepare(out_dir: str | os.PathLike, config: config_pb2.ExperimentConfig) -> files.AnyPath:
     """Creates the run directory, or checks that an existing one holds a run of the same configuration
     (so a resumed run never mixes two experiments, and nothing already written is overwritten). The
     runtime section may differ: a run can resume on another machine, with other thread counts."""
-    out = pathlib.Path(out_dir)
+    out = files.path(out_dir)
     saved = out / CONFIG_FILE
     if saved.exists():
         previous = config_lib.load_config(saved)

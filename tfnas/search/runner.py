@@ -9,13 +9,14 @@ stopped; a finished search is not rerun.
 """
 from __future__ import annotations
 
-import pathlib
+import os
 from typing import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from tfnas import checkpoints, compiler, data as data_lib, descriptors, distribute, draw, macro, rundir, runtime
+from tfnas.files import AnyPath
 from tfnas.proto import config_pb2
 from tfnas.proto import descriptors_pb2 as pb
 from tfnas.search import algorithm as algorithm_lib
@@ -51,7 +52,7 @@ def training_step(config: config_pb2.ExperimentConfig, trainer, image_shape: Seq
 class SearchRun:
     """What an algorithm searches with: data, macro descriptor, loops, checkpoints, TensorBoard, files."""
 
-    def __init__(self, config: config_pb2.ExperimentConfig, out: pathlib.Path, dataset: data_lib.Dataset,
+    def __init__(self, config: config_pb2.ExperimentConfig, out: AnyPath, dataset: data_lib.Dataset,
                  verbose: int, stop_after_steps: int | None):
         self.config, self.out, self.dataset, self.verbose = config, out, dataset, verbose
         self.stop_after_steps = stop_after_steps  # tests: end the search early after this many steps
@@ -97,7 +98,7 @@ class SearchRun:
     def train(self, key: str, trainer, streams: Sequence[data_lib.BatchStream],
               epochs: int, steps: int, callbacks: Sequence[EpochCallback] = (),
               trainer_config: config_pb2.TrainerConfig | None = None,
-              outputs: Callable[[pathlib.Path, dict], None] | None = None) -> tuple[dict, bool]:
+              outputs: Callable[[AnyPath, dict], None] | None = None) -> tuple[dict, bool]:
         """Trains `trainer` (net, train_step, trackers, reset_trackers, step_counter, checkpointed()) for `epochs`
         as the keyed loop `key`: resumed from its checkpoint if it has one (a finished loop only restores
         its final state), saved at every epoch end (and every checkpoint_every_steps of `trainer_config`,
@@ -134,7 +135,7 @@ class SearchRun:
             write_atomic(self.out / name, data)
 
 
-def search(config: config_pb2.ExperimentConfig, out_dir: str | pathlib.Path, verbose: int = 1,
+def search(config: config_pb2.ExperimentConfig, out_dir: str | os.PathLike, verbose: int = 1,
            stop_after_steps: int | None = None, dataset: data_lib.Dataset | None = None) -> pb.ModelDesc | None:
     """Runs (or resumes) the configured search; returns the final descriptor (None if stopped early on
     purpose). `dataset` replaces the configured one (tests and notebooks that hold their data in memory)."""

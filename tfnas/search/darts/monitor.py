@@ -10,13 +10,13 @@ TensorBoard.
 from __future__ import annotations
 
 import json
-import pathlib
+import os
 
 import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageDraw
 
-from tfnas import draw, rundir
+from tfnas import draw, files, rundir
 from tfnas.alphas import group_weights
 from tfnas.files import write_atomic
 from tfnas.search import darts
@@ -52,9 +52,9 @@ def alpha_heatmap(weights: np.ndarray, primitives: list[str], title: str) -> Ima
 class SearchMonitor(EpochCallback):
     """TensorBoard summaries and the alpha history of a DARTS search."""
 
-    def __init__(self, run_dir: pathlib.Path, writer, net, supernet_desc, edges_per_node: int,
+    def __init__(self, run_dir: str | os.PathLike, writer, net, supernet_desc, edges_per_node: int,
                  max_skip_connect: int = 0, log_every_steps: int = 10):
-        self.run_dir = pathlib.Path(run_dir)
+        self.run_dir = files.path(run_dir)
         self.net, self.desc, self.k, self.max_skip = net, supernet_desc, edges_per_node, max_skip_connect
         self.writer = writer
         self.log_every = max(1, log_every_steps)
