@@ -255,3 +255,62 @@ def test_jit_compiled_steps_compute_what_the_plain_steps_compute(what):
     # gradient to another of the tied positions, which moves a small tensor by a few per cent.
     flat = lambda ws: np.concatenate([w.ravel() for w in ws])  # noqa: E731
     assert rel(flat(xla), flat(plain)) < 1e-4
+
+
+# -- multi-worker -----------------------------------------------------------------------------------------
+
+def free_ports(n: int) -> list[int]:
+    import socket
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def checkpoint_tensors(directory, match: str) -> dict:
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(directory)))
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if match in k}
+
+
+def test_a_multi_worker_search_in_two_processes_is_the_two_device_mirrored_search(tmp_path, whole_search):
+    """Two workers on 127.0.0.1 (TF_CONFIG), one CPU each, synced BatchNorm: the chief's alphas are those
+    of the same search mirrored on 2 devices of one process; the other worker, which writes nothing into
+    the run, holds the same ones (its scratch checkpoints, in its own temporary directory).
+
+    Against the single-device search of the whole runner (whole_search) both 2-replica runs differ (about
+    15 % in the alphas after 3 steps), although the trainer-level steps above agree with one device to
+    2e-6 and a checkpoint resumes across strategies to 1e-4: an open question, see benchmarks/README.md."""
+    import os
+    import subprocess
+    import sys
+    addresses = [f"127.0.0.1:{p}" for p in free_ports(2)]
+    out = tmp_path / "run"
+    procs = []
+    for index in range(2):
+        scratch = tmp_path / f"tmp{index}"
+        scratch.mkdir()
+        env = {**os.environ, "TMPDIR": str(scratch), "TF_CONFIG": json.dumps(
+            {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}})}
+        args = [sys.executable, "-m", "tfnas.cli", "search", "--out", str(out), "-q", "--strategy", "multi_worker",
+                *[a for kv in TINY for a in ("--set", kv)]]
+        procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    for p in procs:
+        output, _ = p.communicate(timeout=600)
+        assert p.returncode == 0, output[-2000:]
+    runner.search(config.load_config(None, TINY + MIRRORED), tmp_path / "mirrored", verbose=0)
+    mirrored_alphas, found = supernet_alphas(tmp_path / "mirrored"), supernet_alphas(out)
+    for group, values in mirrored_alphas.items():
+        assert rel(found[group], values) < RTOL, group
+    assert (out / rundir.FINAL_DESC).exists()
+    # The other worker wrote nothing into the run: every file there is one a single process writes.
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in whole_search.iterdir())
+    scratch = list((tmp_path / "tmp1").glob("tfnas-worker-1-*"))
+    assert len(scratch) == 1
+    chief = checkpoint_tensors(out / "checkpoints" / "search", "alpha_")
+    other = checkpoint_tensors(scratch[0] / "search", "alpha_")
+    assert chief and chief.keys() == other.keys()
+    for name in chief:
+        assert np.array_equal(chief[name], other[name]), name

@@ -27,7 +27,7 @@ from typing import Callable
 import tensorflow as tf
 from google.protobuf import text_format
 
-from tfnas import faults, files
+from tfnas import distribute, faults, files
 from tfnas.errors import UserError
 from tfnas.files import AnyPath, write_atomic
 from tfnas.proto import search_pb2
@@ -83,7 +83,10 @@ def metric_variables(trackers: dict) -> tf.Module:
 
 
 def save_weights(model, prefix: str | os.PathLike) -> str:
-    """Writes all of the model's variables (name-keyed checkpoint); returns the checkpoint path."""
+    """Writes all of the model's variables (name-keyed checkpoint); returns the checkpoint path (on the
+    process that writes the run's files)."""
+    if not files.writes():
+        return str(prefix)
     return tf.train.Checkpoint(model=named_variables(model)).write(str(prefix))
 
 
@@ -116,9 +119,11 @@ def commit(run_dir: str | os.PathLike, key: str, write: Callable[[AnyPath], None
     the `after` fault point. A crash in between leaves the loop not done, and it commits again on resume."""
     out = outputs_dir(run_dir, key)
     if write is not None:
-        out.mkdir(parents=True, exist_ok=True)
+        if files.writes():
+            out.mkdir(parents=True, exist_ok=True)
         write(out)
     write_atomic(loop_dir(run_dir, key) / DONE, "1\n")
+    distribute.barrier()  # the other workers of a multi-worker run read what the chief just wrote
     faults.point(key, "after")
 
 
@@ -149,7 +154,10 @@ class LoopCheckpoint:
         self.dir = loop_dir(run_dir, key)
         self.key = key
         self.checkpoint = tf.train.Checkpoint(**objects)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.dir), max_to_keep=max_to_keep)
+        # Every worker of a multi-worker run saves (reading a replica-summed metric total is a collective),
+        # the chief into the run, the others into a scratch directory of their own; all restore the run's.
+        directory = str(self.dir) if files.writes() else os.path.join(distribute.scratch_dir(), key)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=max_to_keep)
 
     @classmethod
     def of_trainer(cls, run_dir: str | os.PathLike, key: str, trainer) -> "LoopCheckpoint":
@@ -176,7 +184,8 @@ class LoopCheckpoint:
         kept = {os.path.basename(p) for p in self.manager.checkpoints}
         for path in self.dir.glob(f"*{_STATE_SUFFIX}"):
             if _checkpoint_of(path) not in kept:
-                path.unlink(missing_ok=True)
+                if files.writes():
+                    path.unlink(missing_ok=True)
 
     @staticmethod
     def state_files(directory: AnyPath) -> list[AnyPath]:

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 import tensorflow as tf
 
+from tfnas import files
 from tfnas.errors import UserError
 from tfnas.proto import config_pb2
 
@@ -122,9 +124,22 @@ def parse_tf_config(text: str | None = None) -> dict:
 def _multi_worker() -> tf.distribute.Strategy:
     parse_tf_config()
     try:
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
     except (RuntimeError, ValueError) as err:
         raise StrategyError(f"runtime.strategy: MULTI_WORKER could not start: {str(err).splitlines()[0]}") from None
+    files.set_writer(is_chief(strategy))
+    return strategy
+
+
+_scratch: list[str] = []
+
+
+def scratch_dir() -> str:
+    """A local directory of this process's own, for what a worker that is not the chief must save but
+    nobody reads (its checkpoints: saving is a collective all workers take part in)."""
+    if not _scratch:
+        _scratch.append(tempfile.mkdtemp(prefix=f"tfnas-worker-{worker_index()}-"))
+    return _scratch[0]
 
 
 def _tpu(name: str) -> tf.distribute.Strategy:
@@ -201,3 +216,8 @@ def barrier(strategy: tf.distribute.Strategy | None = None) -> None:
         return
     strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None)
 
+
+
+def summary_writer(directory) -> tf.summary.SummaryWriter:
+    """TensorBoard's writer for `directory`; one that writes nothing on a worker that is not the chief."""
+    return tf.summary.create_file_writer(str(directory)) if files.writes() else tf.summary.create_noop_writer()

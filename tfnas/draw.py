@@ -402,7 +402,8 @@ def save(image: Image.Image, path: str | os.PathLike) -> None:
     else:
         raise UserError(f"cannot save picture to {path!r}: unknown extension {ext or '(none)'!r}, "
                          f"use .png, .jpg, .jpeg or .svg")
-    files.path(path).write_bytes(data)
+    if files.writes():
+        files.path(path).write_bytes(data)
 
 
 def to_tensor_image(image: Image.Image) -> np.ndarray:

@@ -50,7 +50,7 @@ class EvalMonitor(EpochCallback):
     def __init__(self, run_dir: AnyPath, net, test_split, mean, std, batch_size):
         self.run_dir, self.net, self.test, self.batch = run_dir, net, test_split, batch_size
         self.logits_of = steps_lib.inference_function(net, test_split[0].shape[1:], mean, std)
-        self.writer = tf.summary.create_file_writer(str(run_dir / rundir.TENSORBOARD))
+        self.writer = distribute.summary_writer(run_dir / rundir.TENSORBOARD)
         self.history = []
         path = run_dir / rundir.METRICS
         if path.exists():

@@ -206,6 +206,21 @@ def path(p: str | os.PathLike) -> AnyPath:
     return UrlPath(p) if is_url(p) else pathlib.Path(p)
 
 
+_writes = True
+
+
+def set_writer(writes: bool) -> None:
+    """Whether this process writes the run's files. Only the workers of a multi-worker run other than its
+    chief are told not to (tfnas.distribute, when the process joins the cluster): they train the same
+    steps, and every file they would write the chief writes."""
+    global _writes
+    _writes = bool(writes)
+
+
+def writes() -> bool:
+    return _writes
+
+
 def write_atomic(target: str | os.PathLike, data: bytes | str) -> None:
     """Writes `data` to a temporary file beside `target`, then renames it over `target`, so that readers
     see the old file or the new one, never a part (after a crash too). Creates the parent directories.
@@ -215,6 +230,8 @@ def write_atomic(target: str | os.PathLike, data: bytes | str) -> None:
     renamed with tf.io.gfile.rename(overwrite=True). GCS has no atomic rename (it copies, then deletes),
     but its objects only ever appear whole, so readers still never see a part; a crash may leave a
     `.<name>.*.tmp` object behind."""
+    if not _writes:
+        return
     target = path(target)
     if isinstance(data, str):
         data = data.encode("utf-8")
@@ -241,7 +258,9 @@ def write_atomic(target: str | os.PathLike, data: bytes | str) -> None:
 
 
 def rmtree(directory: str | os.PathLike) -> None:
-    """Removes a directory and everything in it."""
+    """Removes a directory and everything in it (on the process that writes the run's files)."""
+    if not _writes:
+        return
     directory = path(directory)
     if isinstance(directory, UrlPath):
         with _as_os_errors(directory):

@@ -28,6 +28,6 @@ def run(config: config_pb2.ExperimentConfig, out_dir: str | os.PathLike, verbose
     echo(f"test accuracy {metrics['test_accuracy']:.4f}")
     target = out / "export" / (config.export.model_name or "tfnas") / str(int(config.export.version) or 1)
     echo(f"[3/3] export -> {target}")
-    if not target.exists():
+    if not target.exists() and files.writes():
         export_lib.export(out, out / "export", config.export.model_name or "tfnas", int(config.export.version) or 1)
     return {**metrics, "export": str(target)}

@@ -13,7 +13,6 @@ import os
 from typing import Callable, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from tfnas import checkpoints, compiler, data as data_lib, descriptors, distribute, draw, macro, rundir, runtime
 from tfnas.files import AnyPath
@@ -69,7 +68,7 @@ class SearchRun:
     def writer(self):
         """The search's TensorBoard writer (<run>/tensorboard)."""
         if self._writer is None:
-            self._writer = tf.summary.create_file_writer(str(self.out / rundir.TENSORBOARD))
+            self._writer = distribute.summary_writer(self.out / rundir.TENSORBOARD)
         return self._writer
 
     def stream(self, split: tuple[np.ndarray, np.ndarray], seed: int,
@@ -161,5 +160,6 @@ def search(config: config_pb2.ExperimentConfig, out_dir: str | os.PathLike, verb
     final.source = final.source or f"{algorithm.name.lower()} search ({config.name or 'unnamed'})"
     draw.save(draw.draw_cells(final), out / rundir.FINAL_CELLS)
     descriptors.save(final, final_path)  # last: its presence marks a finished search
+    distribute.barrier(strategy)  # every worker of a multi-worker run finds it before the next phase reads it
     return final
 
