@@ -37,7 +37,7 @@ setup(
     extras_require={
         "cpu": [f"tensorflow-cpu{TF}"],
         "gpu": [f"tensorflow[and-cuda]{TF}"],
-        "test": [f"tensorflow-cpu{TF}", "pytest>=7"],
+        "test": [f"tensorflow-cpu{TF}", "pytest>=7", "nbformat>=5.9"],
     },
     entry_points={"console_scripts": ["tfnas=tfnas.cli:main"]},
 )
