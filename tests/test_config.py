@@ -222,6 +222,11 @@ def test_bad_enum_names_the_allowed_values(tmp_path):
     assert "one of DARTS, RANDOM, PETRIDISH" in error(None, ["search.algorithm=dartz"])
 
 
+def test_float16_training_is_refused_until_it_has_loss_scaling():
+    assert "runtime.precision: must be FLOAT32 or MIXED_BFLOAT16 for training" in \
+        error(None, ["runtime.precision=mixed_float16"])
+
+
 def test_enum_values_read_in_any_case():
     loaded = cfg.load_config(None, ["search.algorithm=random", "runtime.precision=mixed_bfloat16"])
     assert loaded.search.algorithm == config_pb2.SearchConfig.RANDOM

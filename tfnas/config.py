@@ -361,6 +361,11 @@ def validate(config: config_pb2.ExperimentConfig) -> None:
     runtime = config.runtime
     for name in ("inter_op_threads", "intra_op_threads", "cpu_devices"):
         check(getattr(runtime, name) >= 0, f"runtime.{name}", ">= 0", getattr(runtime, name))
+    # float16 gradients underflow without loss scaling, which the trainers do not have yet: refused rather
+    # than training badly in silence (networks still compile in float16, for inference).
+    check(runtime.precision != config_pb2.RuntimeConfig.MIXED_FLOAT16, "runtime.precision",
+          "FLOAT32 or MIXED_BFLOAT16 for training (MIXED_FLOAT16 needs loss scaling, not there yet)",
+          config_pb2.RuntimeConfig.Precision.Name(runtime.precision))
     from tfnas.search import algorithm  # the selected algorithm checks its own section
     algorithm.get(search.algorithm).validate(config)
 
