@@ -10,7 +10,7 @@ import yaml
 
 from tfnas import config as cfg
 from tfnas.search import darts
-from tfnas.proto import config_pb2
+from tfnas.proto import config_pb2, descriptors_pb2
 
 CONFIGS = cfg.DEFAULT_CONFIG_PATH.parent
 Opt = config_pb2.OptimizerConfig
@@ -230,7 +230,7 @@ def test_float16_training_is_refused_until_it_has_loss_scaling():
 def test_enum_values_read_in_any_case():
     loaded = cfg.load_config(None, ["search.algorithm=random", "runtime.precision=mixed_bfloat16"])
     assert loaded.search.algorithm == config_pb2.SearchConfig.RANDOM
-    assert loaded.runtime.precision == config_pb2.RuntimeConfig.MIXED_BFLOAT16
+    assert loaded.runtime.precision == descriptors_pb2.CompilerOptions.MIXED_BFLOAT16
 
 
 def test_invalid_yaml_reports_the_line(tmp_path):

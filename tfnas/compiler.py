@@ -249,7 +249,7 @@ class NasModel(keras.Model):
 
 def compile_model(desc: pb.ModelDesc, options: pb.CompilerOptions = SEARCH_OPTIONS,
                   precision: int | None = None) -> NasModel:
-    """`precision` (a RuntimeConfig.Precision, numbered as CompilerOptions.Precision) overrides
+    """`precision` (a CompilerOptions.Precision, as runtime.precision holds) overrides
     `options.precision`. The precision is a compiler option rather than an argument of its own because
     every op reads its options (ops/layer.py), and whatever rebuilds a network from its options
     (tfnas.weights, export) then rebuilds its precision too; the argument only spares a caller that starts
