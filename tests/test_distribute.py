@@ -61,7 +61,7 @@ def search_pair(order: int, sync: bool):
 
     def build():
         keras.utils.set_random_seed(0)
-        searcher = tb.make_search(order=order, options=options, cells=2, reduction_cells=(1,))
+        searcher = tb.make_search(order=order, options=options, cells=2, nodes=1, reduction_cells=(1,))
         step = steps.training_step(searcher.train_step, N, SHAPE, MEAN, STD, streams=2, augmentation=AUG,
                                    counter=searcher.step_counter)
         return searcher, step
@@ -127,7 +127,8 @@ def test_mirrored_evaluation_training_is_the_single_device_training(tmp_path):
     assert worst < RTOL
 
 
-TINY = ["search.macro.cells=3", "search.macro.nodes=2", "search.macro.channels=4", "search.macro.stem_multiplier=2",
+# Small enough that tracing the step on 2 replicas stays short (it is the slow part of these tests).
+TINY = ["search.macro.cells=2", "search.macro.nodes=2", "search.macro.channels=4", "search.macro.stem_multiplier=2",
         "search.trainer.epochs=2", "search.trainer.max_steps_per_epoch=3", "search.darts.warmup_epochs=0",
         "search.trainer.batch_size=16", "search.darts.primitives=[none,skip_connect,sep_conv_3x3,max_pool_3x3]",
         "runtime.sync_batchnorm=true", "deterministic=true", "seed=7"]
