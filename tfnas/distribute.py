@@ -40,10 +40,6 @@ def is_default(strategy: tf.distribute.Strategy) -> bool:
     return type(strategy).__name__ == "_DefaultDistributionStrategy"
 
 
-def strategy_name(runtime: config_pb2.RuntimeConfig) -> str:
-    return Strategy.Name(runtime.strategy)
-
-
 def get_strategy(runtime: config_pb2.RuntimeConfig | None = None) -> tf.distribute.Strategy:
     """The strategy `runtime` asks for, created on first use and reused after."""
     if runtime is None or runtime.strategy == Strategy.DEFAULT:
