@@ -52,8 +52,9 @@ def rel(a, b) -> float:
     return float(np.linalg.norm(np.asarray(a, np.float64) - b) / max(np.linalg.norm(np.asarray(b, np.float64)), 1e-12))
 
 
-def search_pair(order: int, sync: bool):
-    """A tiny search trained 3 steps on one device and, from the same weights, on 2 mirrored replicas."""
+def search_pair(order: int, sync: bool, warmup_steps: int = 0):
+    """A tiny search trained 3 steps on one device and, from the same weights, on 2 mirrored replicas
+    (the first `warmup_steps` without an alpha step: the warm-up's cond, whose branches all-reduce)."""
     options = pb.CompilerOptions()
     options.CopyFrom(compiler.SEARCH_OPTIONS)
     options.sync_batchnorm = sync
@@ -62,6 +63,7 @@ def search_pair(order: int, sync: bool):
     def build():
         keras.utils.set_random_seed(0)
         searcher = tb.make_search(order=order, options=options, cells=2, nodes=1, reduction_cells=(1,))
+        searcher.warmup_steps = warmup_steps
         step = steps.training_step(searcher.train_step, N, SHAPE, MEAN, STD, streams=2, augmentation=AUG,
                                    counter=searcher.step_counter)
         return searcher, step
@@ -76,9 +78,9 @@ def search_pair(order: int, sync: bool):
     return single, replicated, single_logs, replicated_logs
 
 
-@pytest.mark.parametrize("order", [1, 2])
-def test_a_mirrored_search_with_synced_batchnorm_is_the_single_device_search(order):
-    single, replicated, single_logs, replicated_logs = search_pair(order, sync=True)
+@pytest.mark.parametrize("order, warmup_steps", [(1, 0), (2, 1)])
+def test_a_mirrored_search_with_synced_batchnorm_is_the_single_device_search(order, warmup_steps):
+    single, replicated, single_logs, replicated_logs = search_pair(order, sync=True, warmup_steps=warmup_steps)
     for name, value in single_logs.items():
         assert float(replicated_logs[name]) == pytest.approx(float(value), rel=1e-5), name
     for a, b in zip(single.net.variables, replicated.net.variables):
@@ -89,6 +91,7 @@ def test_a_mirrored_search_with_synced_batchnorm_is_the_single_device_search(ord
     # The alpha optimiser's moments too: the next alpha step is the same everywhere.
     for a, b in zip(single.alpha_opt.variables, replicated.alpha_opt.variables):
         assert rel(replica_values(b)[0], a.numpy()) < RTOL
+    assert int(replicated.alpha_opt.iterations.numpy()) == 3 - warmup_steps
 
 
 def test_without_synced_batchnorm_every_replica_still_holds_the_same_model():

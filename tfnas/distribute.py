@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from typing import Callable
 
 import tensorflow as tf
 
@@ -180,6 +181,26 @@ def all_reduce(values: list, op: tf.distribute.ReduceOp = tf.distribute.ReduceOp
     present = [v for v in values if v is not None]
     reduced = iter(context.all_reduce(op, present)) if present else iter(())
     return [None if v is None else next(reduced) for v in values]
+
+
+def cond(pred, true_fn: Callable, false_fn: Callable, args: tuple = ()):
+    """`tf.cond(pred, lambda: true_fn(*args), lambda: false_fn(*args))` inside a replica's step, where a
+    branch may all-reduce or apply gradients. `pred` must be the same on every replica (a step count, a
+    test of all-reduced gradients). MirroredStrategy synchronises its replicas by merge calls, which a
+    branch of a cond inside the replica function cannot make: there the choice is made once, in the
+    cross-replica context, and each branch runs on every replica (as Keras's LossScaleOptimizer applies
+    its gradients). Data reaches the branches through `args`, each replica's own; the branches return
+    tensors of the same structure."""
+    context = tf.distribute.get_replica_context()
+    if (context is None or context.num_replicas_in_sync == 1
+            or tf.__internal__.distribute.strategy_supports_no_merge_call()):
+        return tf.cond(pred, lambda: true_fn(*args), lambda: false_fn(*args))
+
+    def merged(strategy, pred, *args):
+        first = strategy.experimental_local_results(pred)[0]
+        return tf.cond(first, lambda: strategy.extended.call_for_each_replica(true_fn, args=args),
+                       lambda: strategy.extended.call_for_each_replica(false_fn, args=args))
+    return context.merge_call(merged, args=(pred, *args))
 
 
 # -- files --------------------------------------------------------------------------------------------

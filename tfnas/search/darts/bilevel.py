@@ -14,7 +14,7 @@ the alphas from running away in a few operations (the skip-connection collapse o
 
 With `warmup_epochs` > 0 the step takes no alpha step in those first epochs (PC-DARTS, P-DARTS): the alpha
 batch only passes forward, for the validation figures, and the alpha optimiser (its iterations, its
-moments) stays untouched. The choice is a `tf.cond` on the weight optimiser's step count, inside the one
+moments) stays untouched. The choice is a cond (`distribute.cond`) on the weight optimiser's step count, inside the one
 traced step, so a run resumed in the middle of the warm-up continues it.
 
 Under a strategy with several replicas every loss is the replica's share of the global batch's mean and
@@ -75,9 +75,9 @@ class BilevelSearch(Trainer):
     def train_step(self, data):
         (x_train, y_train), (x_val, y_val) = data
         if self.warmup_steps:
-            val_logits = tf.cond(self.weight_opt.iterations < self.warmup_steps,
-                                 lambda: self.net(x_val, training=True),
-                                 lambda: self.alpha_step(x_train, y_train, x_val, y_val))
+            val_logits = distribute.cond(self.weight_opt.iterations < self.warmup_steps,
+                                         lambda xt, yt, xv, yv: self.net(xv, training=True), self.alpha_step,
+                                         (x_train, y_train, x_val, y_val))
         else:
             val_logits = self.alpha_step(x_train, y_train, x_val, y_val)
         train_logits, train_loss = self.weight_step(x_train, y_train)
