@@ -168,7 +168,7 @@ def test_second_order_matches_exact_hypergradient(monkeypatch):
     xt, yt, xv, yv = batches()
 
     w0, a0 = values(weights), values(alphas)
-    val_logits, fd = s.second_order_alpha_gradients(xt, yt, xv, yv)
+    val_logits, fd, _ = s.second_order_alpha_gradients(xt, yt, xv, yv)
     # All weights restored bit for bit; alphas untouched.
     for before, w in zip(w0, weights):
         np.testing.assert_array_equal(before, w.numpy())
@@ -234,7 +234,7 @@ def test_second_order_follows_darts_finite_difference_recipe_with_momentum():
     stats = [v for v in net.non_trainable_variables if v.name.endswith(("_mean", "_var"))]
     assert stats
     w0, s0 = values(weights), values(stats)
-    _, lib = s.second_order_alpha_gradients(xt, yt, xv, yv)
+    _, lib, _ = s.second_order_alpha_gradients(xt, yt, xv, yv)
     for before, w in zip(w0, weights):
         np.testing.assert_array_equal(before, w.numpy())
     lib_stats = values(stats)

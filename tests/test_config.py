@@ -222,9 +222,12 @@ def test_bad_enum_names_the_allowed_values(tmp_path):
     assert "one of DARTS, RANDOM, PETRIDISH" in error(None, ["search.algorithm=dartz"])
 
 
-def test_float16_training_is_refused_until_it_has_loss_scaling():
-    assert "runtime.precision: must be FLOAT32 or MIXED_BFLOAT16 for training" in \
-        error(None, ["runtime.precision=mixed_float16"])
+def test_every_precision_reads_and_a_wrong_one_is_one_line():
+    for name in ("float32", "mixed_bfloat16", "mixed_float16"):
+        loaded = cfg.load_config(None, [f"runtime.precision={name}"])
+        assert descriptors_pb2.CompilerOptions.Precision.Name(loaded.runtime.precision) == name.upper()
+    assert "--set runtime.precision=float8: expected one of FLOAT32, MIXED_BFLOAT16, MIXED_FLOAT16, got 'float8'" == \
+        error(None, ["runtime.precision=float8"])
 
 
 def test_enum_values_read_in_any_case():

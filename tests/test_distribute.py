@@ -44,7 +44,7 @@ def uint8_batches(steps_=3, seed=0):
 
 def replica_values(variable) -> list[np.ndarray]:
     """Every replica's copy of a variable (one for a plain variable)."""
-    value = getattr(variable, "value", variable)
+    value = variable.value if isinstance(variable, keras.Variable) else variable
     return [np.asarray(v.numpy()) for v in getattr(value, "values", [value])]
 
 
@@ -52,13 +52,16 @@ def rel(a, b) -> float:
     return float(np.linalg.norm(np.asarray(a, np.float64) - b) / max(np.linalg.norm(np.asarray(b, np.float64)), 1e-12))
 
 
-def search_pair(order: int, sync: bool, warmup_steps: int = 0):
+def search_pair(order: int, sync: bool, warmup_steps: int = 0, precision=pb.CompilerOptions.FLOAT32,
+                scales: tuple = ()):
     """A tiny search trained 3 steps on one device and, from the same weights, on 2 mirrored replicas
-    (the first `warmup_steps` without an alpha step: the warm-up's cond, whose branches all-reduce)."""
+    (the first `warmup_steps` without an alpha step: the warm-up's cond, whose branches all-reduce). A
+    float16 search sets its loss scales to `scales[i]` before step i."""
     options = pb.CompilerOptions()
     options.CopyFrom(compiler.SEARCH_OPTIONS)
     options.sync_batchnorm = sync
     options.nested_gradients = order == 2
+    options.precision = precision
 
     def build():
         keras.utils.set_random_seed(0)
@@ -73,7 +76,10 @@ def search_pair(order: int, sync: bool, warmup_steps: int = 0):
         replicated, replicated_step = build()
     for a, b in zip(single.net.variables, replicated.net.variables):
         b.assign(a.numpy())
-    for batch in uint8_batches():
+    for i, batch in enumerate(uint8_batches()):
+        if i < len(scales):
+            for loss_scale in [*single.loss_scales.values(), *replicated.loss_scales.values()]:
+                loss_scale.scale.assign(scales[i])
         single_logs, replicated_logs = single_step(*batch), replicated_step(*batch)
     return single, replicated, single_logs, replicated_logs
 
@@ -104,6 +110,32 @@ def test_without_synced_batchnorm_every_replica_still_holds_the_same_model():
     # Each replica normalised by its own half of the batch: not the single-device statistics.
     stem = [(a, b) for a, b in zip(single.net.variables, replicated.net.variables) if b.path.endswith("_var")][0]
     assert rel(replica_values(stem[1])[0], stem[0].numpy()) > 1e-4
+
+
+def test_a_mirrored_float16_search_skips_an_overflowing_step_on_every_replica():
+    """A first step whose scaled gradients overflow (the scale's float16 image is infinite) is skipped on
+    both replicas, and the scale halves; at a usable scale the two following steps train: every replica
+    holds the same model. It is the single device's to float16's precision: float16 gradients summed in
+    another order differ by a few per cent (tests/test_loss_scale.py), and a BatchNorm beta holds only
+    its two updates."""
+    huge = 3e38
+    single, replicated, single_logs, replicated_logs = search_pair(
+        1, sync=True, precision=pb.CompilerOptions.MIXED_FLOAT16, scales=(huge, 1024.0))
+    for trainer in (single, replicated):
+        assert int(trainer.weight_opt.iterations.numpy()) == 2 and int(trainer.alpha_opt.iterations.numpy()) == 2
+        for loss_scale in trainer.loss_scales.values():
+            assert [float(c) for c in replica_values(loss_scale.scale)] == [1024.0] * len(
+                replica_values(loss_scale.scale))
+            assert int(replica_values(loss_scale.finite_steps)[0]) == 2
+    for name, value in single_logs.items():
+        assert float(replicated_logs[name]) == pytest.approx(float(value), rel=1e-2), name
+    worst = 0.0
+    for a, b in zip(single.net.variables, replicated.net.variables):
+        copies = replica_values(b)
+        assert np.array_equal(copies[0], copies[1]), f"{b.path} differs between replicas"
+        worst = max(worst, rel(copies[0], a.numpy()))
+    print("float16 mirrored against one device, largest relative difference", worst)
+    assert worst < 0.1
 
 
 EVAL = ["eval.macro.cells=3", "eval.macro.channels=8", "eval.trainer.epochs=1", "eval.trainer.batch_size=32",
@@ -185,6 +217,8 @@ def test_a_batch_that_does_not_split_over_the_replicas_is_refused():
     ('{"cluster": {"worker": "localhost:1"}, "task": {"type": "worker", "index": 0}}',
      "cluster.worker must be a non-empty list"),
     ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "ps", "index": 0}}', "task.type must be one of"),
+    ('{"cluster": {"worker": ["localhost:1"], "ps": ["localhost:2"]}, "task": {"type": "worker", "index": 0}}',
+     "cluster job 'ps' is not one of chief, worker"),
     ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 1}}',
      r"task.index must be an integer in \[0, 1\)"),
 ])

@@ -119,8 +119,7 @@ def commit(run_dir: str | os.PathLike, key: str, write: Callable[[AnyPath], None
     the `after` fault point. A crash in between leaves the loop not done, and it commits again on resume."""
     out = outputs_dir(run_dir, key)
     if write is not None:
-        if files.writes():
-            out.mkdir(parents=True, exist_ok=True)
+        files.makedirs(out)
         write(out)
     write_atomic(loop_dir(run_dir, key) / DONE, "1\n")
     distribute.barrier()  # the other workers of a multi-worker run read what the chief just wrote
@@ -184,8 +183,7 @@ class LoopCheckpoint:
         kept = {os.path.basename(p) for p in self.manager.checkpoints}
         for path in self.dir.glob(f"*{_STATE_SUFFIX}"):
             if _checkpoint_of(path) not in kept:
-                if files.writes():
-                    path.unlink(missing_ok=True)
+                files.remove(path)
 
     @staticmethod
     def state_files(directory: AnyPath) -> list[AnyPath]:

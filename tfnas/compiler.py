@@ -247,6 +247,17 @@ class NasModel(keras.Model):
         return self.forward(x, training=training, update_statistics=update_statistics)[0]
 
 
+def run_options(base: pb.CompilerOptions, runtime) -> pb.CompilerOptions:
+    """`base` (SEARCH_OPTIONS or EVAL_OPTIONS) with what a run's `runtime` section (a RuntimeConfig)
+    decides for every network it trains: synced BatchNorm and the precision. Search and evaluation both
+    derive their options here, so a runtime setting reaches every network or none."""
+    options = pb.CompilerOptions()
+    options.CopyFrom(base)
+    options.sync_batchnorm = runtime.sync_batchnorm
+    options.precision = runtime.precision
+    return options
+
+
 def compile_model(desc: pb.ModelDesc, options: pb.CompilerOptions = SEARCH_OPTIONS,
                   precision: int | None = None) -> NasModel:
     """`precision` (a CompilerOptions.Precision, as runtime.precision holds) overrides

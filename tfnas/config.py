@@ -20,7 +20,7 @@ from google.protobuf import descriptor, json_format, text_format
 
 from tfnas import files
 from tfnas.errors import UserError
-from tfnas.proto import config_pb2, descriptors_pb2
+from tfnas.proto import config_pb2
 
 DEFAULT_CONFIG_PATH = pathlib.Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 TEXT_FORMAT_SUFFIXES = (".pbtxt", ".textproto")
@@ -361,11 +361,6 @@ def validate(config: config_pb2.ExperimentConfig) -> None:
     runtime = config.runtime
     for name in ("inter_op_threads", "intra_op_threads", "cpu_devices"):
         check(getattr(runtime, name) >= 0, f"runtime.{name}", ">= 0", getattr(runtime, name))
-    # float16 gradients underflow without loss scaling, which the trainers do not have yet: refused rather
-    # than training badly in silence (networks still compile in float16, for inference).
-    check(runtime.precision != descriptors_pb2.CompilerOptions.MIXED_FLOAT16, "runtime.precision",
-          "FLOAT32 or MIXED_BFLOAT16 for training (MIXED_FLOAT16 needs loss scaling, not there yet)",
-          descriptors_pb2.CompilerOptions.Precision.Name(runtime.precision))
     from tfnas.search import algorithm  # the selected algorithm checks its own section
     algorithm.get(search.algorithm).validate(config)
 

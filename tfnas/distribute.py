@@ -100,8 +100,9 @@ def parse_tf_config(text: str | None = None) -> dict:
     if not isinstance(cluster, dict) or not cluster:
         raise StrategyError("TF_CONFIG: \"cluster\" must be an object of job name -> list of \"host:port\"")
     for job, addresses in cluster.items():
-        if job not in ("chief", "worker", "evaluator", "ps"):
-            raise StrategyError(f"TF_CONFIG: cluster job {job!r} is not one of chief, worker")
+        if job not in ("chief", "worker"):
+            raise StrategyError(f"TF_CONFIG: cluster job {job!r} is not one of chief, worker (MULTI_WORKER trains "
+                                "synchronously on every task; parameter servers and side evaluators are not used)")
         if not isinstance(addresses, list) or not addresses or not all(
                 isinstance(a, str) and ":" in a for a in addresses):
             raise StrategyError(f"TF_CONFIG: cluster.{job} must be a non-empty list of \"host:port\", got "

@@ -402,8 +402,7 @@ def save(image: Image.Image, path: str | os.PathLike) -> None:
     else:
         raise UserError(f"cannot save picture to {path!r}: unknown extension {ext or '(none)'!r}, "
                          f"use .png, .jpg, .jpeg or .svg")
-    if files.writes():
-        files.path(path).write_bytes(data)
+    files.write_atomic(path, data)
 
 
 def to_tensor_image(image: Image.Image) -> np.ndarray:

@@ -74,11 +74,7 @@ def build_trainer(config: config_pb2.ExperimentConfig, desc: pb.ModelDesc, steps
                   ) -> SupervisedTrainer:
     """The evaluation network of `desc`, compiled, with its optimiser (the benchmark builds it here too)."""
     e = config.eval
-    options = pb.CompilerOptions()
-    options.CopyFrom(compiler.EVAL_OPTIONS)
-    options.sync_batchnorm = config.runtime.sync_batchnorm
-    options.precision = config.runtime.precision
-    net = compiler.compile_model(desc, options)
+    net = compiler.compile_model(desc, compiler.run_options(compiler.EVAL_OPTIONS, config.runtime))
     opt = optim.make_optimizer(e.trainer.optimizer, e.trainer.epochs, steps_per_epoch, "optimizer")
     return SupervisedTrainer(net, opt, e.trainer.optimizer)
 

@@ -212,7 +212,9 @@ _writes = True
 def set_writer(writes: bool) -> None:
     """Whether this process writes the run's files. Only the workers of a multi-worker run other than its
     chief are told not to (tfnas.distribute, when the process joins the cluster): they train the same
-    steps, and every file they would write the chief writes."""
+    steps, and every file they would write the chief writes. The writes of this module (write_atomic,
+    makedirs, remove, rmtree) do nothing on such a worker; what else the run writes (TF checkpoints,
+    summaries, the export) asks `writes()`."""
     global _writes
     _writes = bool(writes)
 
@@ -255,6 +257,18 @@ def write_atomic(target: str | os.PathLike, data: bytes | str) -> None:
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def makedirs(directory: str | os.PathLike) -> None:
+    """Creates a directory and its parents where missing (on the process that writes the run's files)."""
+    if _writes:
+        path(directory).mkdir(parents=True, exist_ok=True)
+
+
+def remove(file: str | os.PathLike) -> None:
+    """Removes a file if it is there (on the process that writes the run's files)."""
+    if _writes:
+        path(file).unlink(missing_ok=True)
 
 
 def rmtree(directory: str | os.PathLike) -> None:

@@ -81,7 +81,6 @@ def prepare(out_dir: str | os.PathLike, config: config_pb2.ExperimentConfig) -> 
             more = f" (and {len(changes) - 4} more)" if len(changes) > 4 else ""
             raise UserError(f"{out} holds a run with another configuration ({saved}): {shown}{more}; use the same "
                             "configuration to resume it, --restart to start it over, or a new --out directory")
-    elif files.writes():
-        out.mkdir(parents=True, exist_ok=True)
-        config_lib.save_config(config, saved)
+    else:
+        config_lib.save_config(config, saved)  # (creates `out`)
     return out

@@ -26,12 +26,9 @@ from tfnas.train.loop import EpochCallback, run_loop
 def search_options(config: config_pb2.ExperimentConfig) -> pb.CompilerOptions:
     """The search networks' compiler options: compiler.SEARCH_OPTIONS with the configuration's choices of
     speed against start-up (lead_edges_apart), memory (recompute_depthwise) and precision."""
-    options = pb.CompilerOptions()
-    options.CopyFrom(compiler.SEARCH_OPTIONS)
+    options = compiler.run_options(compiler.SEARCH_OPTIONS, config.runtime)
     options.lead_edges_apart = config.search.darts.lead_edges_apart
     options.recompute_depthwise = config.search.darts.recompute_depthwise
-    options.sync_batchnorm = config.runtime.sync_batchnorm
-    options.precision = config.runtime.precision
     return options
 
 

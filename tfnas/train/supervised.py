@@ -31,6 +31,7 @@ class SupervisedTrainer(Trainer):
         super().__init__(net, name=kw.pop("name", "supervised_trainer"), **kw)
         self.opt, self.opt_cfg, self.l1 = optimizer, opt_cfg, float(l1)
         self.opt.build(net.trainable_variables)
+        self.scale = self.loss_scale("optimizer_loss_scale")
         self.built = True
 
     @property
@@ -39,7 +40,7 @@ class SupervisedTrainer(Trainer):
 
     def checkpointed(self) -> dict:
         """What a checkpoint of this trainer holds besides the network's variables."""
-        return {"optimizer": self.opt}
+        return {"optimizer": self.opt, **self.loss_scales}
 
     def train_step(self, data):
         """One step on a normalised (and augmented) batch (x, labels)."""
@@ -55,10 +56,14 @@ class SupervisedTrainer(Trainer):
             if alphas and self.l1:
                 total = total + self.l1 * tf.add_n([tf.reduce_sum(tf.abs(a)) for a in alphas])
             total = distribute.replica_loss(total)
-        grads = distribute.all_reduce(tape.gradient(total, variables))
-        grads = optim.prepare_gradients(grads, variables, self.opt_cfg, decayed=len(weights))
-        # Weights that the loss does not reach (PetriDish's first iteration: everything before the candidates,
-        # which read their inputs through stop-gradient) are left alone, as PyTorch's SGD skips them.
-        self.opt.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
+        grads = self.scale.gradients(tape, total, variables)
+
+        def update(grads):
+            grads = optim.prepare_gradients(grads, variables, self.opt_cfg, decayed=len(weights))
+            # Weights that the loss does not reach (PetriDish's first iteration: everything before the
+            # candidates, which read their inputs through stop-gradient) are left alone, as PyTorch's SGD
+            # skips them.
+            self.opt.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
+        self.scale.apply(grads, update)
         self.track(loss=loss, accuracy=accuracy(logits, labels))
         return {**{k: t.result() for k, t in self.trackers.items()}, "lr": optim.current_lr(self.opt)}

@@ -2,7 +2,8 @@
 
 A trainer is a keras.Model around the network it trains (`net`), with a `train_step(batches) -> logs`
 (custom train_step, as Keras expects), running metric trackers whose totals checkpoints keep, a step
-counter that seeds each step's augmentation, and the optimisers a checkpoint must hold.
+counter that seeds each step's augmentation, and the optimisers a checkpoint must hold. A float16 network
+(CompilerOptions.precision MIXED_FLOAT16) gets a dynamic loss scale per optimiser (train.loss_scale).
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import keras
 import tensorflow as tf
 
 from tfnas import distribute
+from tfnas.proto import descriptors_pb2 as pb
+from tfnas.train.loss_scale import LossScale
 
 
 class Trainer(keras.Model):
@@ -21,6 +24,15 @@ class Trainer(keras.Model):
         super().__init__(**kw)
         self.net = net
         self.trackers = {name: keras.metrics.Mean(name=name) for name in self.TRACKERS}
+        self.loss_scales: dict[str, LossScale] = {}
+
+    def loss_scale(self, key: str) -> LossScale:
+        """A new loss scale, kept under `key` in checkpoints; enabled for a float16 network only, so the
+        checkpoints of other precisions hold what they always held."""
+        scale = LossScale(self.net.options.precision == pb.CompilerOptions.MIXED_FLOAT16, name=key)
+        if scale.enabled:
+            self.loss_scales[key] = scale
+        return scale
 
     @property
     def step_counter(self) -> tf.Variable:
@@ -28,7 +40,8 @@ class Trainer(keras.Model):
         raise NotImplementedError
 
     def checkpointed(self) -> dict:
-        """What a checkpoint of this trainer holds besides the network's variables: {key: optimiser}."""
+        """What a checkpoint of this trainer holds besides the network's variables: {key: optimiser or loss
+        scale}; a subclass returns its optimisers with `**self.loss_scales`."""
         raise NotImplementedError
 
     def track(self, **values) -> None:

@@ -59,6 +59,8 @@ class BilevelSearch(Trainer):
         self.warmup_steps = max(int(warmup_epochs), 0) * self.steps_per_epoch
         self.weight_opt.build(net.weights_only)
         self.alpha_opt.build(net.alphas)
+        self.weight_scale = self.loss_scale("weight_loss_scale")
+        self.alpha_scale = self.loss_scale("alpha_loss_scale")
         self.built = True
 
     @property
@@ -68,7 +70,7 @@ class BilevelSearch(Trainer):
 
     def checkpointed(self) -> dict:
         """What a checkpoint of this trainer holds besides the network's variables."""
-        return {"weight_opt": self.weight_opt, "alpha_opt": self.alpha_opt}
+        return {"weight_opt": self.weight_opt, "alpha_opt": self.alpha_opt, **self.loss_scales}
 
     # -- steps ---------------------------------------------------------------------------------
 
@@ -93,10 +95,10 @@ class BilevelSearch(Trainer):
         with _watching(weights) as tape:
             logits = self.net(x, training=True)
             loss = cross_entropy(logits, y)
-            scaled = distribute.replica_loss(loss)
-        grads = distribute.all_reduce(tape.gradient(scaled, weights))
-        grads = optim.prepare_gradients(grads, weights, self.weight_cfg)
-        self.weight_opt.apply_gradients(zip(grads, weights))
+            share = distribute.replica_loss(loss)
+        grads = self.weight_scale.gradients(tape, share, weights)
+        self.weight_scale.apply(grads, lambda g: self.weight_opt.apply_gradients(
+            zip(optim.prepare_gradients(g, weights, self.weight_cfg), weights)))
         return logits, loss
 
     def beta_weight(self):
@@ -121,20 +123,24 @@ class BilevelSearch(Trainer):
                 if self.beta:
                     loss = loss + self.beta_weight() * self.beta_term()
                 loss = distribute.replica_loss(loss)
-            grads = distribute.all_reduce(tape.gradient(loss, alphas))
+            grads = self.alpha_scale.gradients(tape, loss, alphas)
+            finite = None
         else:
-            logits, grads = self.second_order_alpha_gradients(x_train, y_train, x_val, y_val)
+            logits, grads, finite = self.second_order_alpha_gradients(x_train, y_train, x_val, y_val)
             if self.beta:  # the term does not depend on the weights: its gradient adds to the unrolled one
                 with _watching(alphas) as tape:
                     term = self.beta_weight() * self.beta_term()
                 terms = tape.gradient(term, alphas, unconnected_gradients=tf.UnconnectedGradients.ZERO)
                 grads = [g + r for g, r in zip(grads, terms)]
-        grads = optim.prepare_gradients(grads, alphas, self.alpha_cfg)
-        self.alpha_opt.apply_gradients(zip(grads, alphas))
+        self.alpha_scale.apply(grads, lambda g: self.alpha_opt.apply_gradients(
+            zip(optim.prepare_gradients(g, alphas, self.alpha_cfg), alphas)), finite)
         return logits
 
     def second_order_alpha_gradients(self, x_train, y_train, x_val, y_val):
-        """d/d alpha of L_val(w - xi * dw, alpha): the unrolled gradient of DARTS (eq. 7-8)."""
+        """d/d alpha of L_val(w - xi * dw, alpha): the unrolled gradient of DARTS (eq. 7-8), the validation
+        logits at w', and (with a loss scale) whether the virtual step's gradients were finite: where they
+        overflowed, the virtual step leaves the gradient out (w' stays finite, and so do the logits) and
+        the alpha step is skipped."""
         weights, alphas = self.net.weights_only, self.net.alphas
         xi = optim.current_lr(self.weight_opt)
         backup = [_read(w) for w in weights]
@@ -142,7 +148,10 @@ class BilevelSearch(Trainer):
         # The virtual step uses the optimiser's own update direction: momentum, gradient, L2 decay.
         with _watching(weights) as tape:
             loss = distribute.replica_loss(cross_entropy(self.net(x_train, training=True), y_train))
-        grads = distribute.all_reduce(tape.gradient(loss, weights))
+        grads = self.alpha_scale.gradients(tape, loss, weights)
+        finite = self.alpha_scale.finite(grads)
+        if finite is not None:
+            grads = [tf.where(finite, g, tf.zeros_like(g)) for g in grads]
         direction = self.virtual_step_direction(grads, weights, backup, xi)
         for w, b, d in zip(weights, backup, direction):
             _assign(w, b - xi * d)
@@ -152,7 +161,7 @@ class BilevelSearch(Trainer):
         with tf.GradientTape() as tape:
             logits = self.net(x_val, training=True, update_statistics=False)
             loss = distribute.replica_loss(cross_entropy(logits, y_val))
-        grads = distribute.all_reduce(tape.gradient(loss, alphas + weights))
+        grads = self.alpha_scale.gradients(tape, loss, alphas + weights)
         d_alpha, d_weights = grads[:len(alphas)], grads[len(alphas):]
 
         # Hessian-vector product (d^2 L_train / d alpha d w) . d_weights by central differences at w.
@@ -168,13 +177,14 @@ class BilevelSearch(Trainer):
         grads_neg = self._alpha_grads(x_train, y_train)
         for w, b in zip(weights, backup):
             _assign(w, b)
-        hvp = distribute.all_reduce([(p - n) / (2.0 * eps) for p, n in zip(grads_pos, grads_neg)])
-        return logits, [da - xi * h for da, h in zip(d_alpha, hvp)]
+        hvp = self.alpha_scale.unscaled(distribute.all_reduce(
+            [(p - n) / (2.0 * eps) for p, n in zip(grads_pos, grads_neg)]))
+        return logits, [da - xi * h for da, h in zip(d_alpha, hvp)], finite
 
     def _alpha_grads(self, x, y):
         with _watching(self.net.alphas) as tape:
             loss = distribute.replica_loss(cross_entropy(self.net(x, training=True), y))
-        return tape.gradient(loss, self.net.alphas)
+        return self.alpha_scale.local_gradients(tape, loss, self.net.alphas)
 
     def virtual_step_direction(self, grads, weights, values, xi):
         """momentum * buffer + grad + wd * w, in PyTorch's SGD convention (DARTS's _compute_unrolled_model).
