@@ -275,16 +275,15 @@ def tiny_eval_trainer():
 
 @pytest.mark.parametrize("what", ["search", "evaluation"])
 def test_jit_compiled_steps_compute_what_the_plain_steps_compute(what):
-    """Two steps, from the same weights and batches, agree to float32 rounding. Without augmentation: with
-    crop, flip and cutout together, XLA's batches were seen to differ from the plain kernels' in a few
-    pixels (each part alone agrees exactly; benchmarks/README.md, XLA)."""
+    """Two steps, from the same weights and batches, with crop, flip and cutout, agree to float32 rounding
+    (the augmented batches are the same: every random draw is an integer one, see data._crop_and_flip)."""
     build, streams = (lambda: tb.make_search(cells=2, reduction_cells=(1,)), 2) if what == "search" else \
         (tiny_eval_trainer, 1)
     from tensorflow.python.framework import config as tf_config  # private: no public way to turn it off
-    plain_logs, plain = run_steps(build, False, None, streams)
+    plain_logs, plain = run_steps(build, False, AUG, streams)
     tf_config.disable_op_determinism()  # XLA has no deterministic max-pool gradient (DARTS_V2's reductions)
     try:
-        xla_logs, xla = run_steps(build, True, None, streams)
+        xla_logs, xla = run_steps(build, True, AUG, streams)
     finally:
         tf.config.experimental.enable_op_determinism()
     for name, value in plain_logs.items():

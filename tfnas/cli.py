@@ -132,6 +132,7 @@ def _resolve(arch, channels, cells, classes, image_size, input_channels):
 
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
 def config_options(fn):
@@ -231,16 +232,28 @@ def eval_command(arch, config_path, overrides, strategy, out, restart, quiet):
               help="Export base directory (default: RUN/export); the model goes to OUT/<model_name>/<version>.")
 @click.option("--model-name", help="Model name in the TF Serving layout (default: export.model_name).")
 @click.option("--version", "version", type=click.IntRange(min=1), help="Version (default: export.version).")
+@click.option("--precision", type=click.Choice(PRECISIONS, case_sensitive=False),
+              help="The serving graph's compute precision (default: export.precision); a half-precision graph is "
+                   "compared with float32 on probe images (assets/export_check.json).")
 @_friendly
-def export_command(run_dir, out, model_name, version):
+def export_command(run_dir, out, model_name, version, precision):
     """Export the trained network as a SavedModel in the TF Serving layout."""
     from tfnas import config as config_lib, export as export_lib, files, rundir
+    from tfnas.proto import descriptors_pb2
     run = files.path(run_dir)
     saved = next((p for p in (run / rundir.CONFIG_FILE, run / "eval" / rundir.CONFIG_FILE) if p.exists()), None)
     config = config_lib.load_config(saved) if saved else config_lib.load_config()
+    chosen = descriptors_pb2.CompilerOptions.Precision.Value(precision.upper()) if precision else \
+        config.export.precision
     path = export_lib.export(run, out, model_name or config.export.model_name or "tfnas",
-                             version or int(config.export.version) or 1)
+                             version or int(config.export.version) or 1, precision=chosen)
     click.echo(f"exported {path}")
+    check = path / "assets" / export_lib.CHECK_FILE
+    if check.exists():
+        import json
+        c = json.loads(check.read_text())
+        click.echo(f"{c['precision']} against float32 on {c['images']} probe images: classes agree on "
+                   f"{100 * c['class_agreement']:.1f} %, probabilities within {c['max_abs_probability_difference']:.4f}")
 
 
 @main.command()

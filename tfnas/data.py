@@ -469,7 +469,9 @@ def _crop_and_flip(images: tf.Tensor, config: config_pb2.AugmentationConfig, see
         cols = offsets[1][:, None] + tf.range(w)[None]  # [N, W]
         out = tf.gather(tf.gather(padded, rows, axis=1, batch_dims=1), cols, axis=2, batch_dims=1)
     if config.horizontal_flip:
-        flip = _draw([], flip_seed, window, n) < 0.5
+        # An integer draw: XLA turns the generator's bits into floats otherwise than TF's kernels do, so a
+        # float draw flipped other images under jit_compile; integer draws agree everywhere.
+        flip = _draw([], flip_seed, window, n, minval=0, maxval=2, dtype=tf.int32) > 0
         out = tf.where(flip[:, None, None, None], tf.reverse(out, axis=[2]), out)
     out.set_shape(images.shape)
     return out

@@ -7,6 +7,12 @@ network is recompiled without auxiliary tower and drop path, and the trained wei
 variable path (op ids name the layers, checkpoints.load_weights), so neither is in the exported graph or
 its variables. The
 descriptor and the class names travel with the model as assets.
+
+`precision` (export.precision) compiles the serving network in bfloat16 or float16: the layers compute in
+the half type while the variables, the normalisation and the probabilities stay float32, so the signature
+is the same. Such an export is compared with the float32 network on probe images (fixed random uint8
+images of the training size) before it is put in place, and the comparison travels with it in
+assets/export_check.json: a half-precision graph is a numerical change a user should see, not assume.
 """
 from __future__ import annotations
 
@@ -24,6 +30,8 @@ from tfnas.rundir import DATASET_INFO, MODEL_DESC, WEIGHTS
 
 SERVING_OPTIONS = pb.CompilerOptions(aux_towers=False, drop_path=False, affine=True)
 SIGNATURE_INPUT = "images"
+CHECK_FILE = "export_check.json"
+PROBE_IMAGES = 256
 
 
 class ServingModule(tf.Module):
@@ -76,20 +84,44 @@ def load_trained(eval_dir: files.AnyPath, options: pb.CompilerOptions = SERVING_
     return desc, net, info
 
 
+def serving_options(precision: int = pb.CompilerOptions.FLOAT32) -> pb.CompilerOptions:
+    options = pb.CompilerOptions()
+    options.CopyFrom(SERVING_OPTIONS)
+    options.precision = precision
+    return options
+
+
+def precision_check(module: "ServingModule", reference: "ServingModule", images: np.ndarray) -> dict:
+    """How far `module`'s outputs are from `reference`'s (the float32 network) on `images`."""
+    a, b = module.serve(tf.constant(images)), reference.serve(tf.constant(images))
+    pa, pb_ = a["probabilities"].numpy().astype(np.float64), b["probabilities"].numpy().astype(np.float64)
+    return {"images": int(len(images)), "max_abs_probability_difference": float(np.abs(pa - pb_).max()),
+            "class_agreement": float(np.mean(a["class_id"].numpy() == b["class_id"].numpy())),
+            "reference": "the float32 network on fixed random uint8 images of the training size"}
+
+
 def export(run_dir: str | os.PathLike, export_dir: str | os.PathLike | None = None, model_name: str = "tfnas",
-           version: int = 1) -> files.AnyPath:
+           version: int = 1, precision: int = pb.CompilerOptions.FLOAT32) -> files.AnyPath:
     """Writes the SavedModel; refuses to overwrite an existing version (bump `version` instead)."""
     eval_dir = find_eval_dir(run_dir)
     base = files.path(export_dir) if export_dir else files.path(run_dir) / "export"
     target = base / model_name / str(version)
     if target.exists():
         raise UserError(f"{target} already exists; export under another version (export.version) or remove it")
-    desc, net, info = load_trained(eval_dir)
+    desc, net, info = load_trained(eval_dir, serving_options(precision))
     target.parent.mkdir(parents=True, exist_ok=True)
     with files.temporary_directory(target.parent, prefix=f".{version}.") as tmp:
         descriptors.save(desc, tmp / "model_desc.pbtxt")
         (tmp / "classes.txt").write_text("".join(f"{c}\n" for c in info["class_names"]))
         module = ServingModule(net, info, str(tmp / "model_desc.pbtxt"), str(tmp / "classes.txt"))
+        if precision != pb.CompilerOptions.FLOAT32:
+            _, float32_net, _ = load_trained(eval_dir)
+            reference = ServingModule(float32_net, info, str(tmp / "model_desc.pbtxt"), str(tmp / "classes.txt"))
+            probes = np.random.default_rng(0).integers(0, 256, (PROBE_IMAGES, *info["image_shape"]), dtype=np.uint8)
+            check = {"precision": pb.CompilerOptions.Precision.Name(precision),
+                     **precision_check(module, reference, probes)}
+            files.write_atomic(tmp / CHECK_FILE, json.dumps(check, indent=1) + "\n")
+            module.check = tf.saved_model.Asset(str(tmp / CHECK_FILE))
         saved = tmp / "saved_model"
         tf.saved_model.save(module, str(saved), signatures={"serving_default": module.serve})
         # Local: one atomic rename, so a version folder is complete or absent. Elsewhere (GCS) file by file,

@@ -29,5 +29,6 @@ def run(config: config_pb2.ExperimentConfig, out_dir: str | os.PathLike, verbose
     target = out / "export" / (config.export.model_name or "tfnas") / str(int(config.export.version) or 1)
     echo(f"[3/3] export -> {target}")
     if not target.exists() and files.writes():
-        export_lib.export(out, out / "export", config.export.model_name or "tfnas", int(config.export.version) or 1)
+        export_lib.export(out, out / "export", config.export.model_name or "tfnas", int(config.export.version) or 1,
+                          precision=config.export.precision)
     return {**metrics, "export": str(target)}
