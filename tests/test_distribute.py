@@ -320,12 +320,18 @@ def test_a_multi_worker_search_in_two_processes_is_the_two_device_mirrored_searc
     Not against the single-device search of the runner (whole_search): on this tiny search, float32
     rounding alone moves the alphas by per cent (the same single-device search with 2 intra-op threads
     instead of 1 moves the reduction alphas 0.35 % in its first step, and 2 replicas land on the 2-thread
-    values), and DARTS's steps amplify it; benchmarks/README.md has the figures."""
+    values), and DARTS's steps amplify it; benchmarks/README.md has the figures.
+
+    The run directory starts with another, finished run (the single-device one) and both workers are
+    given --restart: only the chief removes it, and neither reads the old run's checkpoints, or the
+    search would end at the old run's alphas."""
     import os
+    import shutil
     import subprocess
     import sys
     addresses = [f"127.0.0.1:{p}" for p in free_ports(2)]
     out = tmp_path / "run"
+    shutil.copytree(whole_search, out)
     procs = []
     for index in range(2):
         scratch = tmp_path / f"tmp{index}"
@@ -333,11 +339,15 @@ def test_a_multi_worker_search_in_two_processes_is_the_two_device_mirrored_searc
         env = {**os.environ, "TMPDIR": str(scratch), "TF_CONFIG": json.dumps(
             {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}})}
         args = [sys.executable, "-m", "tfnas.cli", "search", "--out", str(out), "-q", "--strategy", "multi_worker",
+                "--restart",
                 *[a for kv in TINY for a in ("--set", kv)]]
         procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = []
     for p in procs:
         output, _ = p.communicate(timeout=600)
         assert p.returncode == 0, output[-2000:]
+        outputs.append(output)
+    assert ["--restart: removing" in o for o in outputs] == [True, False]  # worker 0 is the chief
     runner.search(config.load_config(None, TINY + MIRRORED), tmp_path / "mirrored", verbose=0)
     mirrored_alphas, found = supernet_alphas(tmp_path / "mirrored"), supernet_alphas(out)
     for group, values in mirrored_alphas.items():

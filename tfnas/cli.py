@@ -162,18 +162,24 @@ def run_dir_options(default: str, what: str):
     return decorate
 
 
-def _restart(out) -> None:
-    """Empties a run directory for --restart, saying first what goes; only what tfnas writes there."""
-    from tfnas import files, rundir
+def _restart(out, config) -> None:
+    """Empties a run directory for --restart, saying first what goes; only what tfnas writes there.
+
+    In a multi-worker run the workers start their cluster first, so that only the chief removes, and
+    wait for it: no worker may read the old run's checkpoints while, or before, the chief removes them."""
+    from tfnas import distribute, files, rundir, runtime
     from tfnas.errors import UserError
+    if config.runtime.strategy == config.runtime.MULTI_WORKER:
+        runtime.configure_threads(config.runtime)
+        distribute.get_strategy(config.runtime)  # the one this process's run then uses
     out = files.path(out)
-    if not out.exists():
-        return
-    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
-    if entries and not any((out / sub / rundir.CONFIG_FILE).exists() for sub in ("", "search", "eval")):
-        raise UserError(f"--restart: {out} holds no tfnas run (no {rundir.CONFIG_FILE}); not removing it")
-    click.echo(f"--restart: removing {out}: {', '.join(entries) or 'nothing'}")
-    files.rmtree(out)
+    if files.writes() and out.exists():
+        entries = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
+        if entries and not any((out / sub / rundir.CONFIG_FILE).exists() for sub in ("", "search", "eval")):
+            raise UserError(f"--restart: {out} holds no tfnas run (no {rundir.CONFIG_FILE}); not removing it")
+        click.echo(f"--restart: removing {out}: {', '.join(entries) or 'nothing'}")
+        files.rmtree(out)
+    distribute.barrier()
 
 
 def _load(config_path, overrides, strategy=None):
@@ -197,7 +203,7 @@ def search(config_path, overrides, strategy, out, restart, quiet):
     from tfnas.search import runner
     config = _load(config_path, overrides, strategy)
     if restart:  # after the configuration is known to be good: bad input removes nothing
-        _restart(out)
+        _restart(out, config)
     final = runner.search(config, out, verbose=0 if quiet else 1)
     out = files.path(out)
     click.echo(describe_lib.format_text(describe_lib.describe(final, str(out / rundir.FINAL_DESC))))
@@ -219,7 +225,7 @@ def eval_command(arch, config_path, overrides, strategy, out, restart, quiet):
     from tfnas import evaluation, rundir
     config = _load(config_path, overrides, strategy)
     if restart:  # after the configuration is known to be good: bad input removes nothing
-        _restart(out)
+        _restart(out, config)
     final = evaluation.evaluate(config, arch, out, verbose=0 if quiet else 1)
     click.echo(f"test accuracy {final['test_accuracy']:.4f} ({final['params']:,} params, "
                f"{final['epochs']} epochs); weights in {out}/{rundir.WEIGHTS}.*")
@@ -265,7 +271,7 @@ def run(config_path, overrides, strategy, out, restart, quiet):
     from tfnas import pipeline
     config = _load(config_path, overrides, strategy)
     if restart:  # after the configuration is known to be good: bad input removes nothing
-        _restart(out)
+        _restart(out, config)
     result = pipeline.run(config, out, verbose=0 if quiet else 1, echo=click.echo)
     click.echo(f"done: test accuracy {result['test_accuracy']:.4f}; SavedModel {result['export']}")
 
