@@ -589,12 +589,24 @@ def child_eval_train(c: Child) -> None:
                     FLOPS_PER_MAC["train"] * c.result["macs_per_image_with_aux"] * batch)
 
 
+def write_evaluation_weights(net, out: pathlib.Path) -> None:
+    """The trained weights of an evaluation directory as `tfnas eval` leaves them, for export.find_eval_dir:
+    the weights, then the evaluation loop's done marker (checkpoints.commit). A tfnas from before the keyed
+    loops (c54010c; --pair rev:) wrote them with evaluation.write_weights and its own marker instead."""
+    from tfnas import checkpoints, evaluation, rundir
+    if hasattr(evaluation, "write_weights"):
+        evaluation.write_weights(net, out)
+        return
+    checkpoints.save_weights(net, out / rundir.WEIGHTS)
+    checkpoints.commit(out, checkpoints.EVAL)
+
+
 def child_export(c: Child) -> None:
     import numpy as np
 
     cfg = child_config(c, EVAL_AUGMENTATION)
     tf, _ = child_imports(c, cfg)
-    from tfnas import compiler, descriptors, evaluation, export, rundir
+    from tfnas import compiler, descriptors, export, rundir
 
     c.result["xla"] = False  # the loaded signature is timed as it is; see the module docstring
     c.enter("build")
@@ -619,7 +631,7 @@ def child_export(c: Child) -> None:
             json.dump({"dataset": "random", "image_shape": list(IMAGE_SHAPE),
                        "class_names": [str(i) for i in range(NUM_CLASSES)],
                        "mean": mean.tolist(), "std": std.tolist()}, f)
-        evaluation.write_weights(net, pathlib.Path(evaluation_dir))
+        write_evaluation_weights(net, pathlib.Path(evaluation_dir))
         path = export.export(evaluation_dir, os.path.join(tmp, "exports"))
         c.result["export_s"] = time.perf_counter() - t
         c.log(f"exported in {c.result['export_s']:.1f} s (weights, descriptor, tracing the serving function)")
