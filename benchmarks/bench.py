@@ -2,7 +2,7 @@
 """tfnas benchmark: DARTS search steps, search-network inference, evaluation training, SavedModel latency.
 
     python benchmarks/bench.py [--cases LIST] [--steps N] [--set KEY=VALUE ...] [--json out.json]
-                               [--timeout S] [--xla]
+                               [--timeout S] [--xla] [--precision P] [--pair A B [--rounds R]]
 
 Cases (--cases, a comma list; default all, run in this order):
 
@@ -50,7 +50,8 @@ All inputs are fixed random uint8 batches (numpy, seeded). Measured per case:
     img/s      batch / median. Search steps count the training batch only (each step also processes a
                validation batch of the same size), as the reference figures count it
     peak GiB   the child's peak resident memory (getrusage ru_maxrss); the two export rows share one child
-    GFLOP/s    nominal FLOPs per step / median step time, and its fraction of the CPU's fp32 peak
+    GFLOP/s    nominal FLOPs per step / median step time, and its fraction of the CPU's peak at the row's
+               precision (below)
 
 FLOP convention (nominal, the same count for tfnas and the PyTorch original, so the fraction of peak
 compares the two like for like): MACs = compiler.multiply_adds(net), the multiply-adds of one image
@@ -63,10 +64,39 @@ alpha gradients only and the weight-gradient half of their backward is pruned fr
 Inference and export: 2 x MACs per image (forward only, no auxiliary tower). Evaluation training: 6 x MACs
 per image with the auxiliary tower INCLUDED (it runs forward and backward in every training step; it adds
 0.1% on DARTS_V2); the MMAC/img column shows the network without it, as `tfnas describe` does.
-Peak = cores x GHz ('cpu MHz' of /proc/cpuinfo) x 32 FLOP/cycle (AVX2: 2 FMA units x 8 fp32 lanes x 2).
+Peak = cores x GHz ('cpu MHz' of /proc/cpuinfo) x FLOP/cycle/core of the CPU kind at the row's precision,
+from /proc/cpuinfo's vendor_id and flags (cpu_kind, which says the convention in the output and the JSON).
+The project runs on two kinds of CPU, and one figure for both would make one kind's fraction of peak wrong:
+AMD 32 fp32 (2 FMA pipes x 8 lanes x 2; Zen 4 reports avx512f but runs 512-bit ops as two 256-bit halves),
+bf16 64 with avx512_bf16; Intel with AVX-512 64 fp32 (2 AVX-512 FMA units assumed, as Xeon Gold/Platinum
+have), bf16 1024 with AMX (amx_bf16), else 128 with avx512_bf16; other CPUs 32 with AVX2 + FMA, else 16.
+Without a bf16 instruction bf16 is converted to fp32, so its peak is the fp32 one; mixed_float16 always
+uses the fp32 peak (these CPUs have no fast float16 path).
+
+The reference columns are the original code's figures on the same kind of CPU (REFERENCE, by vendor: the
+two kinds' figures differ); a CPU of another vendor gets none.
+
+--precision float32|mixed_bfloat16|mixed_float16 is `--set runtime.precision=...`: the search and
+evaluation networks are built from the configuration, so every case but export computes in it; export
+serves float32 whatever the precision (export.SERVING_OPTIONS). Each row records the precision its network
+was compiled with (`precision`) beside the configured one.
 
 --xla wraps every timed tf.function in jit_compile=True (search, infer, eval-train). The export rows time
 the SavedModel's signature as it was loaded, without XLA; each row records its own `xla`.
+
+--pair A B compares two commits or two settings in one invocation, so that a before/after is one command
+and both sides see the same hour of a shared machine. A side is `rev:<commit-ish>` or
+`set:KEY=VALUE[;KEY=VALUE...]` (applied after --set and --precision; `set:` alone is the current checkout
+as it is). Each case runs --rounds rounds in the order A B, B A, A B, ... (A B B A A B B A), every run a
+fresh child, so a drift of the machine's speed within the run weighs on both sides alike. A rev side runs
+the child code of THIS file with the tfnas library of a temporary `git worktree add --detach` of that
+commit (first on PYTHONPATH; a row whose child imported tfnas from elsewhere is an error): what is
+measured is the commit's library, through one harness for both sides, and an old commit runs with this
+file's options although its own bench.py lacks them. The commit's library must still have the functions
+the child calls (build_search, runner.training_step, ...); a commit without them gives error rows. Per
+case it prints each side's median s/step over its runs (each run's median; min-max of those) and peak
+GiB, and B/A of the two medians with the min and max of the per-round ratios (each round: one A run and
+one B run, adjacent in time).
 """
 from __future__ import annotations
 
@@ -121,23 +151,47 @@ STEM_MULTIPLIER = 3
 SEARCH_TRAIN_IMAGES = 25_000
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
-# The original PyTorch DARTS (quark0/darts) on a machine of this kind: seconds/step, images/s, peak GiB.
-REFERENCE = {
-    "small-o1": dict(s_per_step=6.6, images_per_s=4.8, peak_gib=1.93),
-    "small-o2": dict(s_per_step=13.4, images_per_s=2.4, peak_gib=2.51),
-    "cifar-o1": dict(s_per_step=36.9, images_per_s=1.7, peak_gib=10.4),
-    "cifar-o2": dict(s_per_step=77.4, images_per_s=0.83, peak_gib=13.4),
-    "small-infer": dict(s_per_step=0.63, images_per_s=51.0, peak_gib=0.30),
+# The original PyTorch DARTS (quark0/darts) on each kind of this project's machines, by /proc/cpuinfo
+# vendor (shared/reference/peer-figures.md): seconds/step and peak GiB; images/s = the case's batch / s.
+REFERENCE_MACHINES = {
+    "AMD": "AMD EPYC, 2 cores, AVX2 (2026-11-22)",
+    "Intel": "Intel Xeon, 2 cores, AVX-512 + AMX (2026-12-01)",
 }
+_REFERENCE_S_GIB = {
+    "AMD": {
+        "small-o1": (6.64, 1.93), "small-o2": (13.4, 2.51), "small-infer": (0.63, 0.30),
+        "cifar-o1": (36.9, 10.4), "cifar-o2": (77.4, 13.4), "cifar-infer": (3.42, 0.43),
+    },
+    "Intel": {
+        "small-o1": (6.3, 1.89),  # two runs gave 7.01 and 5.58 s/step: their median (mean), 6.3
+        "small-o2": (13.8, 2.45), "small-infer": (0.82, 0.35),
+        "cifar-o1": (36.6, 10.5), "cifar-o2": (74.9, 13.6),
+        "eval-train": (7.95, 8.0),  # NetworkCIFAR(36, 10, 20, auxiliary=True), batch 96, drop path 0.1
+    },
+}
+
+
+def case_batch(case: str) -> int:
+    net = CASES[case]["net"]
+    return EVAL_NETWORK["batch"] if net == "eval" else NETWORKS[net]["batch"]
+
+
+REFERENCE = {kind: {case: dict(s_per_step=s, images_per_s=case_batch(case) / s, peak_gib=g)
+                    for case, (s, g) in figures.items()}
+             for kind, figures in _REFERENCE_S_GIB.items()}
+VENDORS = {"AuthenticAMD": "AMD", "GenuineIntel": "Intel"}  # /proc/cpuinfo vendor_id -> CPU kind
+PRECISIONS = ("FLOAT32", "MIXED_BFLOAT16", "MIXED_FLOAT16")  # runtime.precision's values
+PRECISION_SHORT = {"FLOAT32": "fp32", "MIXED_BFLOAT16": "bf16", "MIXED_FLOAT16": "fp16"}
 SEARCH_PASSES = {1: 2, 2: 5}  # forward+backward passes per search step (see the module docstring)
 FLOPS_PER_MAC = {"train": 6, "infer": 2}  # forward 2 FLOPs per MAC, backward 2 x forward
-FLOP_PER_CYCLE = 32  # AVX2 FMA fp32 per core
 CONVENTION = ("nominal FLOPs = 2 per multiply-add forward (compiler.multiply_adds: conv + dense only), backward "
               "= 2 x forward; search step = passes x 6 x MACs/image x batch, passes: first order 2 (alpha step "
               "on val, weight step on train), second order 5 (+ virtual step on train, + 2 finite-difference "
               "alpha-only passes on train, counted as full passes); inference and export = 2 x MACs/image x "
               "batch; evaluation training = 6 x MACs/image (auxiliary tower included) x batch; peak = cores x "
-              "GHz x 32 FLOP/cycle (AVX2 FMA fp32)")
+              "GHz x FLOP/cycle/core of the CPU kind at the row's precision (machine.peak_conventions)")
+RATIO_SPREAD = ("min and max of the per-round ratios B/A (each round: one A run and one B run, adjacent in "
+                "time; run = the median of its timed steps)")
 
 
 def gib(kib: float) -> float:
@@ -157,8 +211,46 @@ def onednn_state() -> str:
 # Machine
 
 
+def cpu_kind(vendor: str, flags) -> dict:
+    """The CPU kind of a /proc/cpuinfo `vendor_id` and `flags`, and its FLOP/cycle/core at each
+    runtime.precision with the convention behind each figure. A function of (vendor, flags) alone, so that
+    the rules for both kinds of this project's machines can be checked on either (tests/test_bench.py)."""
+    flags = set(flags)
+    kind = VENDORS.get(vendor, "other")
+    avx2_fma = {"avx2", "fma"} <= flags
+    bf16 = bf16_how = None
+    if kind == "AMD" and avx2_fma:
+        fp32, fp32_how = 32, "AMD: 2 FMA pipes x 8 fp32 lanes x 2"
+        if "avx512f" in flags:  # Zen 4 reports it but splits each 512-bit op into two 256-bit halves
+            fp32_how += "; avx512f, but 512-bit ops run as two 256-bit halves, as on Zen 4: no more than AVX2"
+        if "avx512_bf16" in flags:
+            bf16, bf16_how = 64, "avx512_bf16 VDPBF16PS: 2 bf16 products per fp32 lane, 2 x the fp32 rate"
+    elif kind == "Intel" and "avx512f" in flags:
+        fp32, fp32_how = 64, ("Intel AVX-512: 2 FMA units x 16 fp32 lanes x 2; 2 AVX-512 FMA units assumed, as "
+                              "Xeon Scalable Gold/Platinum have")
+        if "amx_bf16" in flags:
+            bf16, bf16_how = 1024, "amx_bf16 AMX TMUL: 512 bf16 multiply-adds per cycle"
+        elif "avx512_bf16" in flags:
+            bf16, bf16_how = 128, "avx512_bf16 VDPBF16PS: 2 bf16 products per fp32 lane, 2 x the fp32 rate"
+    elif avx2_fma:
+        fp32, fp32_how = 32, "AVX2 + FMA: 2 FMA units x 8 fp32 lanes x 2, assumed"
+    else:
+        fp32, fp32_how = 16, "unknown vector unit, no AVX2 + FMA: 16 assumed"
+    bf16_native = bf16
+    if bf16 is None:
+        bf16, bf16_how = fp32, f"no bf16 peak, no bf16 instruction: bf16 is converted to fp32, the fp32 " \
+                               f"peak; {fp32_how}"
+    return dict(
+        kind=kind, vendor_id=vendor, reference=kind if kind in REFERENCE else None,
+        fp32_flop_per_cycle=fp32, bf16_flop_per_cycle=bf16_native,  # None: no bf16 instruction
+        flop_per_cycle={"FLOAT32": fp32, "MIXED_BFLOAT16": bf16, "MIXED_FLOAT16": fp32},
+        flop_per_cycle_convention={
+            "FLOAT32": fp32_how, "MIXED_BFLOAT16": bf16_how,
+            "MIXED_FLOAT16": f"float16 at the fp32 peak, these CPUs having no fast float16 path; {fp32_how}"})
+
+
 def cpu_info() -> dict:
-    model, mhz, flags = "unknown", [], []
+    model, vendor, mhz, flags = "unknown", "unknown", [], []
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -166,6 +258,8 @@ def cpu_info() -> dict:
                 key = key.strip()
                 if key == "model name" and model == "unknown":
                     model = value.strip()
+                elif key == "vendor_id" and vendor == "unknown":
+                    vendor = value.strip()
                 elif key == "cpu MHz":
                     mhz.append(float(value))
                 elif key == "flags" and not flags:
@@ -174,9 +268,19 @@ def cpu_info() -> dict:
         pass
     ghz = max(mhz) / 1000.0 if mhz else float("nan")
     cores = os.cpu_count() or 1
-    return dict(cpu_count=cores, cpu_model=model, cpu_ghz=ghz, avx2="avx2" in flags, fma="fma" in flags,
-                avx512f="avx512f" in flags, peak_gflops=cores * ghz * FLOP_PER_CYCLE,
-                peak_convention=f"{cores} cores x {ghz:.3f} GHz x {FLOP_PER_CYCLE} FLOP/cycle (AVX2 FMA fp32)")
+    kind = cpu_kind(vendor, flags)
+    peaks = {p: cores * ghz * f for p, f in kind["flop_per_cycle"].items()}
+    conventions = {p: f"{cores} cores x {ghz:.3f} GHz x {f} FLOP/cycle ({kind['flop_per_cycle_convention'][p]})"
+                   for p, f in kind["flop_per_cycle"].items()}
+    return dict(cpu_count=cores, cpu_model=model, vendor_id=vendor, cpu_kind=kind["kind"], cpu_ghz=ghz,
+                avx2="avx2" in flags, fma="fma" in flags, avx512f="avx512f" in flags,
+                avx512_bf16="avx512_bf16" in flags, amx_bf16="amx_bf16" in flags,
+                fp32_flop_per_cycle=kind["fp32_flop_per_cycle"], bf16_flop_per_cycle=kind["bf16_flop_per_cycle"],
+                flop_per_cycle=kind["flop_per_cycle"],
+                peak_gflops=peaks["FLOAT32"], peak_convention=conventions["FLOAT32"],  # fp32, as before
+                peak_gflops_by_precision=peaks, peak_conventions=conventions,
+                reference_cpu=kind["reference"],
+                reference_machine=REFERENCE_MACHINES.get(kind["reference"]))
 
 
 def package_version(*names: str) -> str | None:
@@ -242,7 +346,8 @@ class Child:
         spec = CASES[case]
         self.case, self.path, self.settings = case, path, list(settings)
         self.result: dict = dict(case=case, kind=spec["kind"], network=spec["net"], steps=steps, xla=xla,
-                                 settings=self.settings, phase="start")
+                                 settings=self.settings, phase="start",
+                                 tfnas_path=os.path.dirname(os.path.abspath(tfnas.__file__)))
         if "order" in spec:
             self.result["order"] = spec["order"]
         load = os.getloadavg() if hasattr(os, "getloadavg") else None
@@ -261,6 +366,25 @@ class Child:
 
     def log(self, msg: str) -> None:
         print(f"[{self.case}] {msg}", flush=True)
+
+    def warn(self, msg: str) -> None:
+        self.result["warning"] = "; ".join(filter(None, (self.result.get("warning"), msg)))
+
+
+def enum_name(message, field: str, missing: str = "FLOAT32") -> str:
+    """The name of an enum field's value; `missing` where the message has no such field (a commit of
+    tfnas from before runtime.precision, run by --pair)."""
+    desc = message.DESCRIPTOR.fields_by_name.get(field)
+    return missing if desc is None else desc.enum_type.values_by_number[getattr(message, field)].name
+
+
+def record_precision(c: Child, cfg, options) -> None:
+    """The configured runtime.precision and the one the timed network was compiled with (its options):
+    a case whose network did not take the configuration's precision is flagged, not silently timed."""
+    c.result["configured_precision"] = enum_name(cfg.runtime, "precision")
+    c.result["precision"] = enum_name(options, "precision")
+    if c.result["precision"] != c.result["configured_precision"] and c.result["kind"] != "export":
+        c.warn(f"network compiled in {c.result['precision']}, configured {c.result['configured_precision']}")
 
 
 def child_config(c: Child, defaults: tuple[str, ...] = ()):
@@ -388,6 +512,7 @@ def child_search(c: Child) -> None:
     _, net, searcher = build_search(cfg, macro_desc, SEARCH_TRAIN_IMAGES // batch)
     c.result["build_s"] = time.perf_counter() - t
     record_network(c, net, include_aux=True)  # a search network has no auxiliary tower
+    record_precision(c, cfg, net.options)
     c.save()
 
     if search:
@@ -395,8 +520,8 @@ def child_search(c: Child) -> None:
 
         def run(i):
             loss = float(step(*batches[i % len(batches)])["loss"].numpy())  # forces the step to finish
-            if not np.isfinite(loss):
-                c.result["warning"] = f"non-finite loss {loss}"
+            if not np.isfinite(loss) and "non-finite loss" not in c.result.get("warning", ""):
+                c.warn(f"non-finite loss {loss}")
             return f" (loss {loss:.3f})"
         flops = SEARCH_PASSES[c.result["order"]] * FLOPS_PER_MAC["train"] * c.result["macs_per_image"] * batch
     else:
@@ -446,6 +571,7 @@ def child_eval_train(c: Child) -> None:
     record_network(c, net, include_aux=False)
     c.result["params_with_aux"] = compiler.count_params(net, include_aux=True)
     c.result["macs_per_image_with_aux"] = compiler.multiply_adds(net, include_aux=True)
+    record_precision(c, cfg, net.options)
     c.save()
 
     mean, std = np.full(3, 0.5, np.float32), np.full(3, 0.25, np.float32)
@@ -463,12 +589,24 @@ def child_eval_train(c: Child) -> None:
                     FLOPS_PER_MAC["train"] * c.result["macs_per_image_with_aux"] * batch)
 
 
+def write_evaluation_weights(net, out: pathlib.Path) -> None:
+    """The trained weights of an evaluation directory as `tfnas eval` leaves them, for export.find_eval_dir:
+    the weights, then the evaluation loop's done marker (checkpoints.commit). A tfnas from before the keyed
+    loops (c54010c; --pair rev:) wrote them with evaluation.write_weights and its own marker instead."""
+    from tfnas import checkpoints, evaluation, rundir
+    if hasattr(evaluation, "write_weights"):
+        evaluation.write_weights(net, out)
+        return
+    checkpoints.save_weights(net, out / rundir.WEIGHTS)
+    checkpoints.commit(out, checkpoints.EVAL)
+
+
 def child_export(c: Child) -> None:
     import numpy as np
 
     cfg = child_config(c, EVAL_AUGMENTATION)
     tf, _ = child_imports(c, cfg)
-    from tfnas import compiler, descriptors, evaluation, export, rundir
+    from tfnas import compiler, descriptors, export, rundir
 
     c.result["xla"] = False  # the loaded signature is timed as it is; see the module docstring
     c.enter("build")
@@ -477,6 +615,9 @@ def child_export(c: Child) -> None:
     net = compiler.compile_model(desc, compiler.EVAL_OPTIONS)
     c.result["build_s"] = time.perf_counter() - t
     record_network(c, net, include_aux=False)
+    # What is timed is the SavedModel, whose network export.export compiles with SERVING_OPTIONS.
+    record_precision(c, cfg, export.SERVING_OPTIONS)
+    c.result["precision_note"] = "the export serves the precision of export.SERVING_OPTIONS, not runtime.precision"
     c.save()
     mean, std = np.full(3, 0.5, np.float32), np.full(3, 0.25, np.float32)
     repeats = c.result["steps"]
@@ -490,7 +631,7 @@ def child_export(c: Child) -> None:
             json.dump({"dataset": "random", "image_shape": list(IMAGE_SHAPE),
                        "class_names": [str(i) for i in range(NUM_CLASSES)],
                        "mean": mean.tolist(), "std": std.tolist()}, f)
-        evaluation.write_weights(net, pathlib.Path(evaluation_dir))
+        write_evaluation_weights(net, pathlib.Path(evaluation_dir))
         path = export.export(evaluation_dir, os.path.join(tmp, "exports"))
         c.result["export_s"] = time.perf_counter() - t
         c.log(f"exported in {c.result['export_s']:.1f} s (weights, descriptor, tracing the serving function)")
@@ -556,15 +697,17 @@ def signal_name(code: int) -> str:
         return f"signal {code}"
 
 
-def run_case(case: str, steps: int, timeout: float, xla: bool, tmpdir: str, settings: list[str]) -> list[dict]:
-    """Runs one case in a child process; returns its rows (two for export: batch 1 and 64)."""
-    result_path = os.path.join(tmpdir, f"{case}.json")
+def run_case(case: str, steps: int, timeout: float, xla: bool, tmpdir: str, settings: list[str],
+             env: dict | None = None, tag: str = "") -> list[dict]:
+    """Runs one case in a child process (this file; `env`: its environment, default this one's); returns
+    its rows (two for export: batch 1 and 64). `tag` names the run in the log and its result file."""
+    result_path = os.path.join(tmpdir, f"{case}{tag and '-' + tag}.json")
     cmd = [sys.executable, os.path.abspath(__file__), "--child", case, "--steps", str(steps),
            "--result", result_path] + (["--xla"] if xla else []) + [a for kv in settings for a in ("--set", kv)]
-    print(f"\n=== {case}: {' '.join(cmd[1:])}", flush=True)
+    print(f"\n=== {case}{tag and ' [' + tag + ']'}: {' '.join(cmd[1:])}", flush=True)
     tail: collections.deque = collections.deque(maxlen=30)
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env)
     timed_out = threading.Event()
 
     def kill():
@@ -612,14 +755,28 @@ def run_case(case: str, steps: int, timeout: float, xla: bool, tmpdir: str, sett
         return rows
     if "median_s" not in row and "error" not in row:
         row["error"] = "no result"
-    ref = REFERENCE.get(case)
-    if ref:
-        row["reference"] = ref
-        if "images_per_s" in row:
-            row["speedup"] = row["images_per_s"] / ref["images_per_s"]
-        if "peak_gib" in row:
-            row["memory_ratio"] = row["peak_gib"] / ref["peak_gib"]
     return [row]
+
+
+def annotate(rows: list[dict], machine: dict) -> None:
+    """Adds to each row the peak of its precision on this CPU, its fraction of it, and the reference of this
+    CPU's kind with the speed-up and memory ratio."""
+    kind = machine["reference_cpu"]
+    for row in rows:
+        precision = row.get("precision")
+        if precision in machine["peak_gflops_by_precision"]:
+            peak = machine["peak_gflops_by_precision"][precision]
+            row.update(peak_gflops_of_precision=peak, peak_convention=machine["peak_conventions"][precision])
+            if "gflops" in row:
+                row["percent_of_peak"] = 100 * row["gflops"] / peak
+        row["reference_cpu"] = kind
+        ref = REFERENCE.get(kind, {}).get(row["case"])
+        if ref:
+            row["reference"] = ref
+            if "images_per_s" in row:
+                row["speedup"] = row["images_per_s"] / ref["images_per_s"]
+            if "peak_gib" in row:
+                row["memory_ratio"] = row["peak_gib"] / ref["peak_gib"]
 
 
 def fmt(value, spec: str, missing: str = "-") -> str:
@@ -627,8 +784,11 @@ def fmt(value, spec: str, missing: str = "-") -> str:
 
 
 def table(rows: list[dict], machine: dict) -> str:
-    head = ["case", "batch", "params", "MMAC/img", "ops", "build s", "first s", "s/step", "(min-max)", "img/s",
-            "peak GiB", "GFLOP/s", "%peak", "|", "ref s/step", "ref img/s", "ref GiB", "|", "speed-up", "mem ratio"]
+    paired = any("side" in r for r in rows)
+    head = (["run"] if paired else []) + [
+        "case", "batch", "params", "MMAC/img", "ops", "build s", "first s", "s/step", "(min-max)", "img/s",
+        "peak GiB", "GFLOP/s", "%peak", "prec", "|", "ref s/step", "ref img/s", "ref GiB", "|", "speed-up",
+        "mem ratio"]
     lines = []
     for r in rows:
         ref = r.get("reference", {})
@@ -641,12 +801,13 @@ def table(rows: list[dict], machine: dict) -> str:
             step = fmt(r.get("median_s"), ".3f")
             spread = f"{r['min_s']:.2f}-{r['max_s']:.2f}" if ok else "-"
             first = r.get("first_step_s")
-        lines.append([
+        lines.append(([f"{r['side']}{r['round']}"] if paired else []) + [
             r["case"], fmt(r.get("batch"), "d"), fmt(r.get("params"), ","),
             fmt(r.get("macs_per_image") and r["macs_per_image"] / 1e6, ".1f"),
             fmt(r.get("graph_ops"), ","), fmt(r.get("build_s"), ".1f"), fmt(first, ".1f"),
             step, spread, fmt(r.get("images_per_s"), ".2f"), fmt(r.get("peak_gib"), ".2f"),
-            fmt(r.get("gflops"), ".2f"), fmt(ok and 100 * r["gflops"] / machine["peak_gflops"] or None, ".2f"),
+            fmt(r.get("gflops"), ".2f"), fmt(r.get("percent_of_peak") if ok else None, ".2f"),
+            PRECISION_SHORT.get(r.get("precision"), r.get("precision") or "-"),
             "|", fmt(ref.get("s_per_step"), ".2f"), fmt(ref.get("images_per_s"), ".2f"),
             fmt(ref.get("peak_gib"), ".2f"),
             "|", f"{r['speedup']:.2f}x" if "speedup" in r and ok else "-",
@@ -657,33 +818,198 @@ def table(rows: list[dict], machine: dict) -> str:
     out.append("  ".join("-" * w for w in widths))
     out += ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in lines]
     for r in rows:
+        name = f"{r['case']}" + (f" [{r['side']}{r['round']}]" if paired else "")
         if "error" in r:
-            out.append(f"  {r['case']}: ERROR {r['error']}")
+            out.append(f"  {name}: ERROR {r['error']}")
         if "warning" in r:
-            out.append(f"  {r['case']}: WARNING {r['warning']}")
+            out.append(f"  {name}: WARNING {r['warning']}")
+    if machine["reference_cpu"]:
+        out.append(f"  ref: the original PyTorch DARTS on this CPU's kind, {machine['reference_machine']} "
+                   "(shared/reference/peer-figures.md)")
+    else:
+        out.append(f"  ref: none: no reference figures for a CPU of vendor {machine['vendor_id']!r} "
+                   f"(they exist for {' and '.join(REFERENCE_MACHINES.values())})")
+    for precision in dict.fromkeys(r["precision"] for r in rows if r.get("precision") in machine["peak_conventions"]):
+        out.append(f"  %peak of {PRECISION_SHORT[precision]} rows: of "
+                   f"{machine['peak_gflops_by_precision'][precision]:.1f} GFLOP/s = "
+                   f"{machine['peak_conventions'][precision]}")
     exports = [r for r in rows if r["kind"] == "export" and "export_s" in r]
     if exports:
         r = exports[0]
         out.append(f"  export: SavedModel written in {r['export_s']:.1f} s (tracing the serving function), "
                    f"loaded in {fmt(r.get('load_s'), '.1f')} s; first s = the loaded signature's first call")
+        mixed = sorted({x.get("configured_precision") for x in exports} - {None, "FLOAT32"})
+        if mixed:
+            out.append(f"  export: served in {exports[0].get('precision')} (export.SERVING_OPTIONS), "
+                       f"although runtime.precision is {', '.join(mixed)}")
     evals = [r for r in rows if r["kind"] == "eval" and "macs_per_image_with_aux" in r]
     if evals:
         out.append(f"  eval-train: GFLOP/s counts the auxiliary tower too "
                    f"({evals[0]['macs_per_image_with_aux'] / 1e6:.1f} MMAC/img with it)")
     xla_rows = [r["case"] for r in rows if r.get("xla")]
     if xla_rows:
-        out.append(f"  XLA (jit_compile=True) on: {', '.join(xla_rows)}")
+        out.append(f"  XLA (jit_compile=True) on: {', '.join(dict.fromkeys(xla_rows))}")
     return "\n".join(out)
 
 
-def write_json(path: str, machine: dict, rows: list[dict], started: str, total_s: float) -> None:
+def write_json(path: str, machine: dict, rows: list[dict], started: str, total_s: float,
+               pair: dict | None = None) -> None:
+    ref = machine["reference_machine"]
     payload = dict(benchmark="tfnas benchmark (bench.py)", started=started, total_s=total_s, machine=machine,
                    flop_convention=CONVENTION,
-                   reference_source="original PyTorch DARTS on a machine of this kind", results=rows)
+                   reference_source=(f"original PyTorch DARTS on {ref} (shared/reference/peer-figures.md)" if ref
+                                     else f"none for vendor {machine['vendor_id']!r}"),
+                   **({"pair": pair} if pair else {}), results=rows)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(payload, f, indent=2)
     os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------------
+# --pair
+
+
+def repo_root() -> str:
+    """The git checkout this file is in: where `rev:` sides are resolved."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run(["git", "-C", here, "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"--pair rev: needs bench.py in a git checkout ({out.stderr.strip()})")
+    return out.stdout.strip()
+
+
+def parse_side(label: str, text: str, common: list[str], error) -> dict:
+    """A --pair side: `rev:<commit-ish>` (resolved to its commit now) or `set:KEY=VALUE[;KEY=VALUE...]`."""
+    kind, sep, value = text.partition(":")
+    if not sep or kind not in ("rev", "set"):
+        error(f"--pair {label}: {text!r} is neither rev:<commit-ish> nor set:KEY=VALUE[;KEY=VALUE...]")
+    if kind == "rev":
+        root = repo_root()
+        out = subprocess.run(["git", "-C", root, "rev-parse", "--verify", "--quiet", f"{value}^{{commit}}"],
+                             capture_output=True, text=True)
+        if not value or out.returncode != 0:
+            error(f"--pair {label}: no commit {value!r} in {root}")
+        commit = out.stdout.strip()
+        subject = subprocess.run(["git", "-C", root, "log", "-1", "--format=%s", commit], capture_output=True,
+                                 text=True).stdout.strip()
+        subject = subject if len(subject) <= 60 else subject[:57] + "..."
+        return dict(label=label, spec=text, kind="rev", rev=value, commit=commit, subject=subject,
+                    repository=root, settings=[], precision=None)
+    from tfnas import config as config_lib
+    from tfnas.errors import UserError
+    settings = [kv.strip() for kv in value.split(";") if kv.strip()]
+    try:
+        cfg = config_lib.load_config(None, common + settings)
+    except UserError as err:
+        error(f"--pair {label}: {err}")
+    return dict(label=label, spec=text, kind="set", settings=settings, tfnas=git_state(),
+                precision=enum_name(cfg.runtime, "precision"))
+
+
+def describe_side(side: dict) -> str:
+    precision = f"; precision {side['precision']}" if side.get("precision") else ""
+    if side["kind"] == "rev":
+        return (f"{side['spec']} = {side['commit'][:10]} \"{side['subject']}\" (its tfnas, from a temporary worktree; "
+                f"this file's child code{precision})")
+    return (f"{side['spec']} (this checkout's tfnas, {side['tfnas']}; settings "
+            f"{'; '.join(side['settings']) or 'none beyond --set'}{precision})")
+
+
+@contextlib.contextmanager
+def side_environment(side: dict, tmpdir: str):
+    """The children's environment of a side: for a rev side, PYTHONPATH starting at a temporary detached
+    worktree of its commit, removed afterwards."""
+    env = dict(os.environ)
+    if side["kind"] != "rev":
+        yield env
+        return
+    path = os.path.join(tmpdir, f"rev-{side['label']}")
+    subprocess.run(["git", "-C", side["repository"], "worktree", "add", "--detach", "--quiet", path,
+                    side["commit"]], check=True)
+    side["worktree"] = path
+    try:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (path, os.environ.get("PYTHONPATH"))))
+        yield env
+    finally:
+        subprocess.run(["git", "-C", side["repository"], "worktree", "remove", "--force", path], check=False)
+
+
+def pair_summary(rows: list[dict], name: str) -> dict:
+    """Side A and B of one row name (a case; export-b1 / -b64): each side's median of its runs' medians with
+    their min-max and its highest peak GiB, and B/A with the min and max of the per-round ratios."""
+    runs = [r for r in rows if r["case"] == name]
+    ok = {(r["side"], r["round"]): r for r in runs if "median_s" in r and "error" not in r}
+    out = dict(case=name, kind=runs[0]["kind"], batch=runs[0].get("batch"))
+    for s in "AB":
+        mine = [r for r in runs if r["side"] == s]
+        meds = [r["median_s"] for (side, _), r in sorted(ok.items()) if side == s]
+        out[s] = dict(runs=len(mine), ok=len(meds), run_medians_s=meds, precision=mine[0].get("precision"),
+                      median_s=statistics.median(meds) if meds else None, min_s=min(meds, default=None),
+                      max_s=max(meds, default=None),
+                      peak_gib=max((r["peak_gib"] for r in mine if "peak_gib" in r), default=None),
+                      errors=[r["error"] for r in mine if "error" in r])
+    rounds = sorted({rnd for _, rnd in ok})
+    ratios = [ok[("B", rnd)]["median_s"] / ok[("A", rnd)]["median_s"] for rnd in rounds
+              if ("A", rnd) in ok and ("B", rnd) in ok]
+    a, b = out["A"]["median_s"], out["B"]["median_s"]
+    out.update(ratio=b / a if a and b else None, ratio_min=min(ratios, default=None),
+               ratio_max=max(ratios, default=None), per_round_ratios=ratios, ratio_spread=RATIO_SPREAD)
+    return out
+
+
+def pair_table(summaries: list[dict]) -> str:
+    head = ["case", "A s/step", "(min-max)", "B s/step", "(min-max)", "B/A", "(min-max)", "A GiB", "B GiB",
+            "A prec", "B prec", "runs ok A/B"]
+    lines = []
+    for p in summaries:
+        ms = p["kind"] == "export"
+        scale, unit, spec = (1e3, " ms", ".1f") if ms else (1.0, "", ".3f")
+
+        def step(side, p=p, scale=scale, unit=unit, spec=spec):
+            m = p[side]["median_s"]
+            return "-" if m is None else f"{m * scale:{spec}}{unit}"
+
+        def spread(side, p=p, scale=scale, spec=spec):
+            x = p[side]
+            return "-" if x["min_s"] is None else f"{x['min_s'] * scale:{spec}}-{x['max_s'] * scale:{spec}}"
+        lines.append([
+            p["case"], step("A"), spread("A"), step("B"), spread("B"), fmt(p["ratio"], ".3f"),
+            "-" if p["ratio_min"] is None else f"{p['ratio_min']:.3f}-{p['ratio_max']:.3f}",
+            fmt(p["A"]["peak_gib"], ".2f"), fmt(p["B"]["peak_gib"], ".2f"),
+            PRECISION_SHORT.get(p["A"]["precision"], "-"), PRECISION_SHORT.get(p["B"]["precision"], "-"),
+            f"{p['A']['ok']}/{p['A']['runs']}, {p['B']['ok']}/{p['B']['runs']}"])
+    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(head)]
+    out = ["  ".join(h.rjust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in lines]
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------------------
+
+
+def print_machine(machine: dict, settings: list[str]) -> None:
+    print(f"machine: {machine['cpu_count']} x {machine['cpu_model']} @ {machine['cpu_ghz']:.2f} GHz "
+          f"({machine['vendor_id']}: kind {machine['cpu_kind']}; avx2={machine['avx2']}, avx512f={machine['avx512f']}, "
+          f"avx512_bf16={machine['avx512_bf16']}, amx_bf16={machine['amx_bf16']}), {machine['memory_gib']} GiB; "
+          f"load average {machine['load_average_at_start']}")
+    print(f"peak fp32: {machine['peak_gflops']:.1f} GFLOP/s = {machine['peak_convention']}")
+    print(f"peak bf16: {machine['peak_gflops_by_precision']['MIXED_BFLOAT16']:.1f} GFLOP/s = "
+          f"{machine['peak_conventions']['MIXED_BFLOAT16']}")
+    print(f"precision: {machine['precision']} (runtime.precision; %peak uses the peak of each row's precision)")
+    print("reference: " + (f"the original PyTorch DARTS on {machine['reference_machine']}" if machine["reference_cpu"]
+                           else f"none for vendor {machine['vendor_id']!r}"))
+    print(f"{machine['tensorflow_package']}, {machine['keras_package']}, oneDNN {machine['onednn']}, "
+          f"XLA {machine['xla']}; tfnas {machine['tfnas_git']}; settings {settings or 'defaults'}", flush=True)
+    for side in machine.get("pair", {}).values():
+        print(f"pair {side['label']}: {describe_side(side)}", flush=True)
+
+
+def collect_child_versions(machine: dict, rows: list[dict]) -> None:
+    for r in rows:  # what the children saw (the same for all of them)
+        for key in ("tf_version", "keras_version", "inter_op_threads", "intra_op_threads"):
+            if key in r:
+                machine.setdefault(key, r[key])
 
 
 def main(argv=None) -> int:
@@ -698,6 +1024,14 @@ def main(argv=None) -> int:
     p.add_argument("--xla", action="store_true", help="jit_compile=True on each timed tf.function")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                    help="a configuration setting, as for the tfnas commands (repeatable)")
+    p.add_argument("--precision", type=str.lower, choices=[x.lower() for x in PRECISIONS], default=None,
+                   help="the networks' compute precision: --set runtime.precision=... (default: the "
+                        "configuration's, float32); the export serves float32 whatever it is")
+    p.add_argument("--pair", nargs=2, metavar=("A", "B"), default=None,
+                   help="compare two sides, each rev:<commit-ish> or set:KEY=VALUE[;KEY=VALUE...], "
+                        "interleaved per case (A B B A ...); prints B/A")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="with --pair: rounds per case, each one A run and one B run (default 2)")
     p.add_argument("--child", metavar="CASE", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -707,46 +1041,99 @@ def main(argv=None) -> int:
     if args.child:
         return run_child(args.child, args.steps or CASES[args.child]["steps"], args.xla, args.result, args.settings)
 
+    if args.rounds is not None and not args.pair:
+        p.error("--rounds needs --pair")
+    rounds = 2 if args.rounds is None else args.rounds
+    if rounds < 1:
+        p.error("--rounds must be at least 1")
     from tfnas import config as config_lib
     from tfnas.errors import UserError
+    settings = list(args.settings)
+    if args.precision:  # after the --set items, as a further --set would be; a contradiction is refused
+        given = {kv.partition("=")[2].strip().upper() for kv in settings
+                 if kv.partition("=")[0].strip() == "runtime.precision"}
+        if given - {args.precision.upper()}:
+            p.error(f"--precision {args.precision} contradicts --set runtime.precision={', '.join(sorted(given))}")
+        settings.append(f"runtime.precision={args.precision.upper()}")
     try:  # a bad setting fails here, in one line, not in every child
-        config_lib.load_config(None, args.settings)
+        cfg = config_lib.load_config(None, settings)
     except UserError as err:
         p.error(str(err))
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in cases if c not in CASES]
     if unknown or not cases:
         p.error(f"unknown case(s) {', '.join(unknown) or '(none given)'} (known: {', '.join(CASES)})")
+    sides = ({label: parse_side(label, text, settings, p.error) for label, text in zip("AB", args.pair)}
+             if args.pair else None)
 
     machine = machine_info(args.xla)
-    machine["settings"] = args.settings
+    machine["settings"] = settings
+    machine["precision"] = enum_name(cfg.runtime, "precision")
+    if sides:
+        machine["pair"] = sides
+        machine["pair_rounds"] = rounds
     started = datetime.datetime.now().isoformat(timespec="seconds")
-    print(f"machine: {machine['cpu_count']} x {machine['cpu_model']} @ {machine['cpu_ghz']:.2f} GHz "
-          f"(avx2={machine['avx2']}, avx512f={machine['avx512f']}), {machine['memory_gib']} GiB; "
-          f"load average {machine['load_average_at_start']}")
-    print(f"peak fp32: {machine['peak_gflops']:.1f} GFLOP/s = {machine['peak_convention']}")
-    print(f"{machine['tensorflow_package']}, {machine['keras_package']}, oneDNN {machine['onednn']}, "
-          f"XLA {machine['xla']}; tfnas {machine['tfnas_git']}; settings {args.settings or 'defaults'}", flush=True)
+    print_machine(machine, settings)
 
     rows: list[dict] = []
+    summaries: list[dict] = []
+    pair = None
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tfnas_bench_") as tmpdir:
-        for case in cases:
-            rows += run_case(case, args.steps or CASES[case]["steps"], args.timeout, args.xla, tmpdir, args.settings)
-            for r in rows:  # what the children saw (the same for all of them)
-                for key in ("tf_version", "keras_version", "inter_op_threads", "intra_op_threads"):
-                    if key in r:
-                        machine.setdefault(key, r[key])
-            if args.json:  # partial results survive an interrupted run
-                write_json(args.json, machine, rows, started, time.perf_counter() - t0)
+        if not sides:
+            for case in cases:
+                got = run_case(case, args.steps or CASES[case]["steps"], args.timeout, args.xla, tmpdir, settings)
+                annotate(got, machine)
+                rows += got
+                collect_child_versions(machine, rows)
+                if args.json:  # partial results survive an interrupted run
+                    write_json(args.json, machine, rows, started, time.perf_counter() - t0)
+        else:
+            pair = dict(A=sides["A"], B=sides["B"], rounds=rounds, order="per case: A B, B A, A B, ... "
+                        "(A B B A A B B A)", ratio="B/A of the sides' median s/step (B/A < 1: B is faster)",
+                        ratio_spread=RATIO_SPREAD, summaries=summaries)
+            with side_environment(sides["A"], tmpdir) as env_a, side_environment(sides["B"], tmpdir) as env_b:
+                envs = dict(A=env_a, B=env_b)
+                for side in sides.values():
+                    if side["kind"] == "rev":
+                        print(f"pair {side['label']}: worktree {side['worktree']} at {side['commit'][:10]}",
+                              flush=True)
+                for case in cases:
+                    case_rows = []
+                    for rnd in range(1, rounds + 1):
+                        for s in ("AB" if rnd % 2 else "BA"):
+                            side = sides[s]
+                            got = run_case(case, args.steps or CASES[case]["steps"], args.timeout, args.xla, tmpdir,
+                                           settings + side["settings"], env=envs[s], tag=f"{s}{rnd}")
+                            for r in got:
+                                r.update(side=s, round=rnd, side_spec=side["spec"])
+                                if side["kind"] == "rev":
+                                    r["commit"] = side["commit"]
+                                    where = os.path.realpath(r.get("tfnas_path", ""))
+                                    if not where.startswith(os.path.realpath(side["worktree"]) + os.sep):
+                                        r["error"] = (f"the child imported tfnas from {r.get('tfnas_path')}, "
+                                                      f"not from the worktree of {side['commit'][:10]}")
+                                if side["precision"] is None and r.get("configured_precision"):
+                                    side["precision"] = r["configured_precision"]
+                            annotate(got, machine)
+                            case_rows += got
+                            rows += got
+                            collect_child_versions(machine, rows)
+                            if args.json:
+                                write_json(args.json, machine, rows, started, time.perf_counter() - t0, pair)
+                    summaries += [pair_summary(case_rows, name) for name in dict.fromkeys(r["case"] for r in case_rows)]
+                    if args.json:
+                        write_json(args.json, machine, rows, started, time.perf_counter() - t0, pair)
     total = time.perf_counter() - t0
 
     print("\n" + "=" * 100)
-    print(f"tfnas benchmark, {started}, total {total / 60:.1f} min; ref = the original PyTorch DARTS")
-    print(f"machine: {machine['cpu_count']} x {machine['cpu_model']} @ {machine['cpu_ghz']:.2f} GHz, "
-          f"{machine['memory_gib']} GiB, peak {machine['peak_gflops']:.1f} GFLOP/s fp32; TensorFlow "
-          f"{machine.get('tf_version', '?')}, Keras {machine.get('keras_version', '?')}, oneDNN {machine['onednn']}, "
-          f"XLA {machine['xla']}; threads inter/intra {machine.get('inter_op_threads', '?')}/"
+    print(f"tfnas benchmark, {started}, total {total / 60:.1f} min; ref = the original PyTorch DARTS"
+          + (f" on {machine['reference_machine']}" if machine["reference_cpu"] else " (none for this CPU's vendor)"))
+    print(f"machine: {machine['cpu_count']} x {machine['cpu_model']} @ {machine['cpu_ghz']:.2f} GHz "
+          f"({machine['cpu_kind']}), {machine['memory_gib']} GiB, peak {machine['peak_gflops']:.1f} GFLOP/s fp32, "
+          f"{machine['peak_gflops_by_precision']['MIXED_BFLOAT16']:.1f} bf16; precision {machine['precision']}; "
+          f"TensorFlow {machine.get('tf_version', '?')}, Keras {machine.get('keras_version', '?')}, oneDNN "
+          f"{machine['onednn']}, XLA {machine['xla']}; threads inter/intra {machine.get('inter_op_threads', '?')}/"
           f"{machine.get('intra_op_threads', '?')} (0 = TF default); tfnas {machine['tfnas_git']}")
     print("networks: small = C8, 5 cells; cifar = C16, 8 cells (search networks: 4 nodes, 8 primitives); "
           "eval-train, export = DARTS_V2, C36, 20 cells; all 32x32x3, 10 classes")
@@ -754,10 +1141,19 @@ def main(argv=None) -> int:
     print("s/step: median over the timed steps after 1 warm-up step (export: latency over the timed calls after "
           f"{EXPORT_WARMUP_CALLS} warm-up calls);\nfirst s: trace + first step; img/s: batch / median (search: train "
           "batch only); peak GiB: child's max RSS;\nspeed-up: img/s over ref img/s; mem ratio: peak GiB over ref GiB "
-          "(< 1: less memory).")
+          "(< 1: less memory); prec: the precision the timed network computes in.")
     print(f"FLOPs: {CONVENTION}.")
+    if sides:
+        print(f"\npair, {rounds} round(s) per case, order A B, B A, ...:")
+        for side in sides.values():
+            print(f"  {side['label']} = {describe_side(side)}")
+        print(pair_table(summaries))
+        print("A/B s/step: the median of that side's runs (each run: the median of its timed steps; export: "
+              "latency), (min-max) of those runs;\nB/A: of the two medians (< 1: B is faster), (min-max): "
+              "of the per-round ratios, each round one A run and one B run adjacent in time;\nGiB: the highest "
+              "peak of that side's runs.")
     if args.json:
-        write_json(args.json, machine, rows, started, total)
+        write_json(args.json, machine, rows, started, total, pair)
         print(f"wrote {args.json}")
     return 0 if all("error" not in r for r in rows) else 1
 
