@@ -77,9 +77,9 @@ The reference columns are the original code's figures on the same kind of CPU (R
 two kinds' figures differ); a CPU of another vendor gets none.
 
 --precision float32|mixed_bfloat16|mixed_float16 is `--set runtime.precision=...`: the search and
-evaluation networks are built from the configuration, so every case but export computes in it; export
-serves float32 whatever the precision (export.SERVING_OPTIONS). Each row records the precision its network
-was compiled with (`precision`) beside the configured one.
+evaluation networks are built from the configuration, so every case computes in it, and the export case
+exports its serving graph in it (export.export(precision=...)). Each row records the precision its
+network was compiled with (`precision`) beside the configured one.
 
 --xla wraps every timed tf.function in jit_compile=True (search, infer, eval-train). The export rows time
 the SavedModel's signature as it was loaded, without XLA; each row records its own `xla`.
@@ -615,9 +615,11 @@ def child_export(c: Child) -> None:
     net = compiler.compile_model(desc, compiler.EVAL_OPTIONS)
     c.result["build_s"] = time.perf_counter() - t
     record_network(c, net, include_aux=False)
-    # What is timed is the SavedModel, whose network export.export compiles with SERVING_OPTIONS.
-    record_precision(c, cfg, export.SERVING_OPTIONS)
-    c.result["precision_note"] = "the export serves the precision of export.SERVING_OPTIONS, not runtime.precision"
+    # What is timed is the SavedModel, exported in runtime.precision (export.export(precision=...)); a tfnas
+    # from before export.precision serves float32 (SERVING_OPTIONS), and the row says so.
+    half_exports = hasattr(export, "serving_options")
+    served = export.serving_options(cfg.runtime.precision) if half_exports else export.SERVING_OPTIONS
+    record_precision(c, cfg, served)
     c.save()
     mean, std = np.full(3, 0.5, np.float32), np.full(3, 0.25, np.float32)
     repeats = c.result["steps"]
@@ -632,7 +634,8 @@ def child_export(c: Child) -> None:
                        "class_names": [str(i) for i in range(NUM_CLASSES)],
                        "mean": mean.tolist(), "std": std.tolist()}, f)
         write_evaluation_weights(net, pathlib.Path(evaluation_dir))
-        path = export.export(evaluation_dir, os.path.join(tmp, "exports"))
+        path = export.export(evaluation_dir, os.path.join(tmp, "exports"),
+                             **(dict(precision=cfg.runtime.precision) if half_exports else {}))
         c.result["export_s"] = time.perf_counter() - t
         c.log(f"exported in {c.result['export_s']:.1f} s (weights, descriptor, tracing the serving function)")
         c.enter("load")
@@ -838,10 +841,9 @@ def table(rows: list[dict], machine: dict) -> str:
         r = exports[0]
         out.append(f"  export: SavedModel written in {r['export_s']:.1f} s (tracing the serving function), "
                    f"loaded in {fmt(r.get('load_s'), '.1f')} s; first s = the loaded signature's first call")
-        mixed = sorted({x.get("configured_precision") for x in exports} - {None, "FLOAT32"})
-        if mixed:
-            out.append(f"  export: served in {exports[0].get('precision')} (export.SERVING_OPTIONS), "
-                       f"although runtime.precision is {', '.join(mixed)}")
+        if any(x.get("precision") != x.get("configured_precision") for x in exports):
+            out.append(f"  export: served in {exports[0].get('precision')} (a tfnas without export.precision), "
+                       f"although runtime.precision is {exports[0].get('configured_precision')}")
     evals = [r for r in rows if r["kind"] == "eval" and "macs_per_image_with_aux" in r]
     if evals:
         out.append(f"  eval-train: GFLOP/s counts the auxiliary tower too "
@@ -1026,7 +1028,7 @@ def main(argv=None) -> int:
                    help="a configuration setting, as for the tfnas commands (repeatable)")
     p.add_argument("--precision", type=str.lower, choices=[x.lower() for x in PRECISIONS], default=None,
                    help="the networks' compute precision: --set runtime.precision=... (default: the "
-                        "configuration's, float32); the export serves float32 whatever it is")
+                        "configuration's, float32); the export case exports its serving graph in it")
     p.add_argument("--pair", nargs=2, metavar=("A", "B"), default=None,
                    help="compare two sides, each rev:<commit-ish> or set:KEY=VALUE[;KEY=VALUE...], "
                         "interleaved per case (A B B A ...); prints B/A")

@@ -4,6 +4,10 @@
     python benchmarks/precision_search.py [--precisions float32,mixed_bfloat16] [--planted-seeds N]
                                           [--seed S] [--set KEY=VALUE ...] [--out DIR] [--json PATH]
 
+A precision may carry settings of its own after '@' (';' between them), e.g.
+`float32@search.darts.lead_edges_apart=true`: float32 with the same sums arranged otherwise, the rounding
+noise against which bfloat16's differences are to be judged. (The setting must apply within one process:
+thread pools are fixed once TensorFlow has started, so runtime.intra_op_threads would change nothing.)
 For each precision (runtime.precision), with everything else equal:
 
     planted   DARTS on tasks.far_correlation_task(seed) for seeds 0 .. N-1 (search_quality.py's planted
@@ -87,17 +91,19 @@ def main(argv=None) -> int:
     cpu = cpu_info()
     print(f"machine: {cpu['cpu_count']} x {cpu['cpu_model']}; tfnas {git_state()}; out {out}", flush=True)
     result = dict(cpu=cpu, commit=git_state(), settings=a.settings, precisions={})
-    for precision in a.precisions.split(","):
-        args = argparse.Namespace(quick=False, json=None, settings=[*a.settings, f"runtime.precision={precision}"])
-        b = Bench(args, out / precision)
+    for name in a.precisions.split(","):
+        precision, _, extra = name.partition("@")
+        args = argparse.Namespace(quick=False, json=None, settings=[
+            *a.settings, f"runtime.precision={precision}", *filter(None, extra.split(";"))])
+        b = Bench(args, out / name.replace("@", "-").replace(";", "-"))
         start = time.perf_counter()
         planted = planted_searches(b, {s: b.config(*PLANTED_TASK, f"seed={s}") for s in range(a.planted_seeds)})
         planted_s = time.perf_counter() - start
         found = found_searches(b, {a.seed: b.config(f"seed={a.seed}")})[0]
-        result["precisions"][precision] = dict(
+        result["precisions"][name] = dict(
             planted=planted, planted_s=planted_s, genotype=found["genotype"], search_s=found["search_s"],
             last_epoch=found["search_last_epoch"], edges=edges_of(found["desc"]),
-            trajectory=trajectory(out / precision / "found" / f"search-seed{a.seed}"))
+            trajectory=trajectory(b.out / "found" / f"search-seed{a.seed}"))
         if a.json:
             pathlib.Path(a.json).write_text(json.dumps(result, indent=1, default=str))
     names = list(result["precisions"])
