@@ -124,7 +124,7 @@ def test_cli_run_evaluates_exports_resumes_and_restarts_on_ram():
     other = ram("other")
     files.write_atomic(other / "notes.txt", "mine")
     with pytest.raises(Exception, match="holds no tfnas run"):
-        cli._restart(str(other))
+        cli._restart(str(other), config.load_config())
     assert (other / "notes.txt").exists()
-    cli._restart(str(out))
+    cli._restart(str(out), config.load_config())
     assert not (out / rundir.CONFIG_FILE).exists() and not (out / "search").exists()
