@@ -111,6 +111,7 @@ import pathlib
 import platform
 import re
 import resource
+import shutil
 import signal
 import statistics
 import subprocess
@@ -342,9 +343,10 @@ def machine_info(xla: bool) -> dict:
 class Child:
     """The result of one case, saved to `path` at every phase change, so a dying child leaves its phase."""
 
-    def __init__(self, case: str, steps: int, xla: bool, path: str, settings: list[str]):
+    def __init__(self, case: str, steps: int, xla: bool, path: str, settings: list[str], profile: int = 0):
         spec = CASES[case]
-        self.case, self.path, self.settings = case, path, list(settings)
+        self.case, self.path, self.settings, self.profile = case, path, list(settings), profile
+        self.peak_frozen = False
         self.result: dict = dict(case=case, kind=spec["kind"], network=spec["net"], steps=steps, xla=xla,
                                  settings=self.settings, phase="start",
                                  tfnas_path=os.path.dirname(os.path.abspath(tfnas.__file__)))
@@ -354,7 +356,8 @@ class Child:
         self.result["load_average_at_start"] = [round(x, 2) for x in load] if load else None
 
     def save(self) -> None:
-        self.result["peak_gib"] = peak_rss_gib()
+        if not self.peak_frozen:  # the profiler's own buffers are not the case's memory
+            self.result["peak_gib"] = peak_rss_gib()
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(self.result, f)
@@ -458,6 +461,63 @@ def timed_steps(c: Child, run, steps: int, batch: int, flops_per_step: float) ->
                     nominal_flops_per_step=flops_per_step, gflops=flops_per_step / med / 1e9)
     c.log(f"median {med:.3f} s/step (min {min(times):.3f}, max {max(times):.3f}), "
           f"{c.result['images_per_s']:.2f} img/s, peak {peak_rss_gib():.2f} GiB")
+    if c.profile:
+        profile_steps(c, run, c.profile)
+
+
+def profile_steps(c: Child, run, count: int) -> None:
+    """`count` more steps, after the timed ones, under TensorFlow's profiler: the kernel time of each op
+    type per step, summed over the threads that run ops (so with 2 threads it may add up to twice the
+    step), and how busy those threads were. The timed figures and the peak memory stay those above."""
+    import tensorflow as tf
+    c.result["peak_gib"] = peak_rss_gib()
+    c.peak_frozen = True
+    c.enter("profile")
+    logdir = tempfile.mkdtemp(prefix="tfnas_profile_")
+    try:
+        tf.profiler.experimental.start(logdir)
+        t = time.perf_counter()
+        try:
+            for i in range(count):
+                run(i)
+        finally:
+            wall = time.perf_counter() - t
+            tf.profiler.experimental.stop()
+        c.result["profile"] = dict(steps=count, wall_s_per_step=wall / count, **kernel_times(logdir, count))
+    finally:
+        shutil.rmtree(logdir, ignore_errors=True)
+    prof = c.result["profile"]
+    c.log(f"profiled {count} step(s): {prof['kernel_s_per_step']:.3f} s of kernels per step on "
+          f"{prof['threads']} thread(s), {wall / count:.3f} s wall per step")
+
+
+OP_EVENT = re.compile(r"^[^:]+:([A-Za-z_][A-Za-z0-9_]*)$")  # "<node name>:<op type>", as TF names its op events
+
+
+def kernel_times(logdir: str, steps: int) -> dict:
+    """Op type -> kernel seconds per step (`ops`) and calls per step (`calls`), from the XPlane files TF's
+    profiler wrote under `logdir`."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2  # TF's own profile format, in the TF wheel
+    by_type: collections.Counter = collections.Counter()
+    calls: collections.Counter = collections.Counter()
+    threads = set()
+    for path in pathlib.Path(logdir).rglob("*.xplane.pb"):
+        space = xplane_pb2.XSpace()
+        space.ParseFromString(path.read_bytes())
+        for plane in space.planes:
+            if not plane.name.startswith("/host:"):
+                continue
+            names = {k: OP_EVENT.match(m.name) for k, m in plane.event_metadata.items()}
+            for line in plane.lines:
+                for e in line.events:
+                    op = names.get(e.metadata_id)
+                    if op:
+                        by_type[op.group(1)] += e.duration_ps * 1e-12 / steps
+                        calls[op.group(1)] += 1 / steps
+                        threads.add(line.id)
+    ops = dict(sorted(by_type.items(), key=lambda kv: -kv[1]))
+    return dict(threads=len(threads), kernel_s_per_step=sum(ops.values()), ops=ops,
+                calls={k: round(calls[k], 2) for k in ops})
 
 
 def record_network(c: Child, net, include_aux: bool) -> None:
@@ -673,8 +733,8 @@ def child_export(c: Child) -> None:
 CHILDREN = {"search": child_search, "infer": child_search, "eval": child_eval_train, "export": child_export}
 
 
-def run_child(case: str, steps: int, xla: bool, result_path: str, settings: list[str]) -> int:
-    c = Child(case, steps, xla, result_path, settings)
+def run_child(case: str, steps: int, xla: bool, result_path: str, settings: list[str], profile: int = 0) -> int:
+    c = Child(case, steps, xla, result_path, settings, profile)
     try:
         CHILDREN[CASES[case]["kind"]](c)
         c.enter("done")
@@ -701,12 +761,13 @@ def signal_name(code: int) -> str:
 
 
 def run_case(case: str, steps: int, timeout: float, xla: bool, tmpdir: str, settings: list[str],
-             env: dict | None = None, tag: str = "") -> list[dict]:
+             env: dict | None = None, tag: str = "", profile: int = 0) -> list[dict]:
     """Runs one case in a child process (this file; `env`: its environment, default this one's); returns
     its rows (two for export: batch 1 and 64). `tag` names the run in the log and its result file."""
     result_path = os.path.join(tmpdir, f"{case}{tag and '-' + tag}.json")
     cmd = [sys.executable, os.path.abspath(__file__), "--child", case, "--steps", str(steps),
-           "--result", result_path] + (["--xla"] if xla else []) + [a for kv in settings for a in ("--set", kv)]
+           "--result", result_path] + (["--xla"] if xla else []) + [a for kv in settings for a in ("--set", kv)] \
+        + (["--profile", str(profile)] if profile and CASES[case]["kind"] != "export" else [])
     print(f"\n=== {case}{tag and ' [' + tag + ']'}: {' '.join(cmd[1:])}", flush=True)
     tail: collections.deque = collections.deque(maxlen=30)
     start = time.perf_counter()
@@ -987,6 +1048,35 @@ def pair_table(summaries: list[dict]) -> str:
     return "\n".join(out)
 
 
+PROFILE_TOP = 16  # op types per case in the printed profile; the JSON has all of them
+
+
+def profile_tables(rows: list[dict]) -> str:
+    """Per case, the kernel ms per step of its heaviest op types, one column per profiled run (A1, B1, ...
+    with --pair), and each column's total over all op types."""
+    out = []
+    for case in dict.fromkeys(r["case"] for r in rows):
+        runs = [r for r in rows if r["case"] == case and "profile" in r]
+        if not runs:
+            continue
+        labels = [f"{r['side']}{r['round']}" if "side" in r else "ms" for r in runs]
+        ops = collections.Counter()
+        for r in runs:
+            ops.update({k: v / len(runs) for k, v in r["profile"]["ops"].items()})
+        top = [k for k, _ in ops.most_common(PROFILE_TOP)]
+        width = max(len("op type (kernel ms/step)"), *(len(k) for k in top))
+        out.append(f"\nprofile {case}: kernel time per step by op type ({runs[0]['profile']['steps']} profiled "
+                   f"step(s) per run, summed over {runs[0]['profile']['threads']} op thread(s))")
+        out.append("op type (kernel ms/step)".ljust(width) + "".join(f"{x:>9}" for x in labels))
+        for k in top:
+            out.append(k.ljust(width) + "".join(f"{r['profile']['ops'].get(k, 0) * 1e3:9.1f}" for r in runs))
+        out.append("all op types".ljust(width) + "".join(f"{r['profile']['kernel_s_per_step'] * 1e3:9.1f}"
+                                                          for r in runs))
+        out.append("wall per step".ljust(width) + "".join(f"{r['profile']['wall_s_per_step'] * 1e3:9.1f}"
+                                                           for r in runs))
+    return "\n".join(out)
+
+
 # ------------------------------------------------------------------------------------------------------
 
 
@@ -1034,6 +1124,9 @@ def main(argv=None) -> int:
                         "interleaved per case (A B B A ...); prints B/A")
     p.add_argument("--rounds", type=int, default=None,
                    help="with --pair: rounds per case, each one A run and one B run (default 2)")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="after the timed steps, N more under TensorFlow's profiler: kernel time per op type "
+                        "and step, printed per case (with --pair, A beside B); not for export")
     p.add_argument("--child", metavar="CASE", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -1041,7 +1134,10 @@ def main(argv=None) -> int:
         p.error("--steps must be at least 1")
 
     if args.child:
-        return run_child(args.child, args.steps or CASES[args.child]["steps"], args.xla, args.result, args.settings)
+        return run_child(args.child, args.steps or CASES[args.child]["steps"], args.xla, args.result, args.settings,
+                         args.profile)
+    if args.profile < 0:
+        p.error("--profile must be at least 0")
 
     if args.rounds is not None and not args.pair:
         p.error("--rounds needs --pair")
@@ -1084,7 +1180,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="tfnas_bench_") as tmpdir:
         if not sides:
             for case in cases:
-                got = run_case(case, args.steps or CASES[case]["steps"], args.timeout, args.xla, tmpdir, settings)
+                got = run_case(case, args.steps or CASES[case]["steps"], args.timeout, args.xla, tmpdir, settings,
+                               profile=args.profile)
                 annotate(got, machine)
                 rows += got
                 collect_child_versions(machine, rows)
@@ -1106,7 +1203,8 @@ def main(argv=None) -> int:
                         for s in ("AB" if rnd % 2 else "BA"):
                             side = sides[s]
                             got = run_case(case, args.steps or CASES[case]["steps"], args.timeout, args.xla, tmpdir,
-                                           settings + side["settings"], env=envs[s], tag=f"{s}{rnd}")
+                                           settings + side["settings"], env=envs[s], tag=f"{s}{rnd}",
+                                           profile=args.profile)
                             for r in got:
                                 r.update(side=s, round=rnd, side_spec=side["spec"])
                                 if side["kind"] == "rev":
@@ -1154,6 +1252,8 @@ def main(argv=None) -> int:
               "latency), (min-max) of those runs;\nB/A: of the two medians (< 1: B is faster), (min-max): "
               "of the per-round ratios, each round one A run and one B run adjacent in time;\nGiB: the highest "
               "peak of that side's runs.")
+    if args.profile:
+        print(profile_tables(rows))
     if args.json:
         write_json(args.json, machine, rows, started, total, pair)
         print(f"wrote {args.json}")

@@ -74,3 +74,29 @@ def test_reference_tables(bench):
     assert ref["Intel"]["small-o1"]["s_per_step"] == 6.3
     assert "cifar-infer" not in ref["Intel"]
     assert all(case in bench.CASES for table in ref.values() for case in table)
+
+
+def test_profile_kernel_times_by_op_type(bench, tmp_path):
+    # A real profile of a tiny function: op types come out by name, per step, and the table prints them.
+    import tensorflow as tf
+
+    @tf.function
+    def step(x):
+        return tf.reduce_sum(tf.nn.relu(tf.nn.conv2d(x, tf.ones([3, 3, 4, 4]), 1, "SAME")))
+
+    x = tf.ones([2, 8, 8, 4])
+    step(x)
+    tf.profiler.experimental.start(str(tmp_path))
+    for _ in range(2):
+        step(x).numpy()
+    tf.profiler.experimental.stop()
+    got = bench.kernel_times(str(tmp_path), steps=2)
+    assert got["threads"] >= 1 and got["kernel_s_per_step"] > 0
+    assert {"Relu", "Sum"} <= set(got["ops"]) and any("Conv2D" in k for k in got["ops"]), got["ops"]
+    assert abs(sum(got["ops"].values()) - got["kernel_s_per_step"]) < 1e-12
+    assert list(got["ops"].values()) == sorted(got["ops"].values(), reverse=True)
+
+    row = dict(case="small-o1", profile=dict(steps=2, wall_s_per_step=0.01, **got))
+    text = bench.profile_tables([dict(row, side="A", round=1), dict(row, side="B", round=1)])
+    assert "profile small-o1" in text and "A1" in text and "B1" in text and "Relu" in text
+    assert bench.profile_tables([dict(case="x")]) == ""
