@@ -23,11 +23,40 @@ def unit_scale_offset(channels: int, dtype):
     return per_graph(("unit", channels, dtype), lambda: (tf.ones([channels], dtype), tf.zeros([channels], dtype)))
 
 
-def fused_batch_norm(x):
-    """The fused BatchNorm op for x's dtype: FusedBatchNorm (v1) takes float32 only; at a lower compute
-    precision V3 normalises x in its dtype with float32 scale, offset and statistics. Both return the
-    updated moving averages when exponential_avg_factor != 1."""
-    return tf.raw_ops.FusedBatchNorm if x.dtype == tf.float32 else tf.raw_ops.FusedBatchNormV3
+# oneDNN's bfloat16 BatchNorm runs its fast kernels over whole vectors of 16 channels only; over other
+# channel counts (the evaluation network's 36 and 72, the small search network's 8) it is several times
+# slower than float32's (benchmarks/README.md), so there it runs in float32 between two casts.
+BF16_CHANNEL_BLOCK = 16
+
+
+def _float32_kernel(x) -> bool:
+    if x.dtype == tf.bfloat16:
+        return x.shape[-1] is None or x.shape[-1] % BF16_CHANNEL_BLOCK != 0
+    return x.dtype == tf.float32
+
+
+def fused_batch_norm(x, **attrs):
+    """The fused BatchNorm op on x: (y in x's dtype, mean, variance, *reserve outputs).
+
+    FusedBatchNorm (v1), not V3, where it runs in float32: the same CPU/GPU kernels, but the gradient
+    tape knows that v1's gradient ignores its statistics outputs, where for V3 it builds zero gradients
+    for all five of them (5 fewer ops per BatchNorm and pass to trace). V3 takes x at a lower precision
+    with float32 scale, offset and statistics. Both return the updated moving averages when
+    exponential_avg_factor != 1."""
+    if not _float32_kernel(x):
+        return tf.raw_ops.FusedBatchNormV3(x=x, **attrs)
+    y, *rest = tf.raw_ops.FusedBatchNorm(x=tf.cast(x, tf.float32), **attrs)
+    return (tf.cast(y, x.dtype), *rest)
+
+
+def fused_batch_norm_grad(y_backprop, x, reserved, **attrs):
+    """dx of fused_batch_norm's op (x is the op's input, `reserved` its reserve outputs), in x's dtype."""
+    if not _float32_kernel(x):
+        return tf.raw_ops.FusedBatchNormGradV3(y_backprop=y_backprop, x=x, reserve_space_3=reserved[-1],
+                                               **attrs)[0]
+    dx = tf.raw_ops.FusedBatchNormGrad(y_backprop=tf.cast(y_backprop, tf.float32), x=tf.cast(x, tf.float32),
+                                       **attrs)[0]
+    return tf.cast(dx, x.dtype)
 
 
 class BatchNorm:
@@ -71,21 +100,18 @@ class BatchNorm:
         moving_mean, moving_var = self.moving_mean.value, self.moving_var.value
         if copies > 1:
             moving_mean, moving_var = (tf.tile(v, [copies]) for v in (moving_mean, moving_var))
-        # FusedBatchNorm (v1), not V3: the same CPU/GPU kernels, but the gradient tape knows that v1's
-        # gradient ignores its statistics outputs, where for V3 it builds zero gradients for all five of
-        # them: 5 fewer ops per BatchNorm and pass to trace. V3 for a non-float32 x (fused_batch_norm).
         if training and self.synced():
             return self._global_batch_norm(x, scale, offset, copies, update_statistics)
         if training:
-            y, mean, var, *_ = fused_batch_norm(x)(
-                x=x, scale=scale, offset=offset, mean=moving_mean, variance=moving_var,
+            y, mean, var, *_ = fused_batch_norm(
+                x, scale=scale, offset=offset, mean=moving_mean, variance=moving_var,
                 epsilon=EPSILON, exponential_avg_factor=MOMENTUM, data_format="NHWC", is_training=True)
             # The op returns the updated moving averages when exponential_avg_factor != 1.
             if update_statistics:
                 self.update_moving_statistics(mean, var, averaged=True)
             return y
-        y, *_ = fused_batch_norm(x)(
-            x=x, scale=scale, offset=offset, mean=moving_mean, variance=moving_var,
+        y, *_ = fused_batch_norm(
+            x, scale=scale, offset=offset, mean=moving_mean, variance=moving_var,
             epsilon=EPSILON, data_format="NHWC", is_training=False)
         return y
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import tensorflow as tf
 from tensorflow.python.eager import record  # private, stable in the pinned TF range
 
-from tfnas.ops.batchnorm import EPSILON, BatchNorm, fused_batch_norm, unit_scale_offset
+from tfnas.ops.batchnorm import EPSILON, BatchNorm, fused_batch_norm, fused_batch_norm_grad, unit_scale_offset
 from tfnas.ops.constants import shape_of
 from tfnas.ops.conv import depthwise, pointwise
 from tfnas.ops.depthwise_grad import depthwise_filter_gradient
@@ -53,8 +53,8 @@ def depthwise_block(x, dw, pw=None, padding: int = 0, stride: int = 1, bn: Batch
             scale, offset = unit_scale_offset(bn.channels, tf.float32)  # float32 at any compute precision
             # Factor 1: the op returns this batch's mean and (unbiased) variance, which give 1 / std below
             # on every device (the reserve outputs hold the variance on CPU, its inverse root on GPU).
-            held, mean, var, *reserved = fused_batch_norm(x)(
-                x=x, scale=scale, offset=offset, mean=bn.moving_mean.value, variance=bn.moving_var.value,
+            held, mean, var, *reserved = fused_batch_norm(
+                x, scale=scale, offset=offset, mean=bn.moving_mean.value, variance=bn.moving_var.value,
                 epsilon=EPSILON, exponential_avg_factor=1.0, data_format="NHWC", is_training=True)
             if update_statistics:
                 bn.update_moving_statistics(mean, var, averaged=False)
@@ -91,10 +91,10 @@ def depthwise_block(x, dw, pw=None, padding: int = 0, stride: int = 1, bn: Batch
                 # itself: mean 0 and variance 1 with epsilon 0 make the op's normalisation the identity
                 # (on CPU it reads the variance, on GPU its inverse root: 1 either way), and 1 / std is
                 # the scale.
-                grads.append(_batch_norm_grad(
-                    y_backprop=tf.raw_ops.ReluGrad(gradients=d_act, features=held), x=held, scale=inv_std,
+                grads.append(fused_batch_norm_grad(
+                    tf.raw_ops.ReluGrad(gradients=d_act, features=held), held, reserved, scale=inv_std,
                     reserve_space_1=offset, reserve_space_2=scale,  # zeros and ones
-                    reserved=reserved, epsilon=0.0, data_format="NHWC", is_training=True)[0])
+                    epsilon=0.0, data_format="NHWC", is_training=True))
         if need_dw or (need_pw and recompute):
             act = activated if bn is None else again(lambda: tf.nn.relu(held))
         if need_dw:
@@ -110,10 +110,3 @@ def depthwise_block(x, dw, pw=None, padding: int = 0, stride: int = 1, bn: Batch
     record.record_operation("DepthwiseBlock", [out], [t for t, need in zip(inputs, needs) if need], backward)
     return out
 
-
-def _batch_norm_grad(reserved, **args):
-    """The gradient op of the forward's fused BatchNorm (fused_batch_norm): v1's for float32, else V3's,
-    which also takes the forward's third reserve output (cuDNN's workspace; unused on CPU)."""
-    if args["x"].dtype == tf.float32:
-        return tf.raw_ops.FusedBatchNormGrad(**args)
-    return tf.raw_ops.FusedBatchNormGradV3(reserve_space_3=reserved[-1], **args)
