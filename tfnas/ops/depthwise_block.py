@@ -82,8 +82,7 @@ def depthwise_block(x, dw, pw=None, padding: int = 0, stride: int = 1, bn: Batch
             d_mid = tf.raw_ops.Conv2DBackpropInput(input_sizes=shape_of(mid), filter=pw, out_backprop=d_out,
                                                    **pw_attrs)
         if need_x:
-            d_act = tf.raw_ops.DepthwiseConv2dNativeBackpropInput(input_sizes=shape_of(held), filter=dw,
-                                                                  out_backprop=d_mid, **attrs)
+            d_act = _input_gradient(shape_of(held), dw, d_mid, attrs)
             if bn is None:
                 grads.append(d_act)
             else:
@@ -110,3 +109,14 @@ def depthwise_block(x, dw, pw=None, padding: int = 0, stride: int = 1, bn: Batch
     record.record_operation("DepthwiseBlock", [out], [t for t, need in zip(inputs, needs) if need], backward)
     return out
 
+
+def _input_gradient(input_sizes, dw, d_mid, attrs):
+    """The depthwise conv's input gradient. In bfloat16 it runs in float32 between casts: inside this
+    block (after the grouped 1x1 conv's input gradient) oneDNN's bfloat16 kernel took several times
+    float32's time on the search networks (benchmarks/README.md)."""
+    if d_mid.dtype != tf.bfloat16:
+        return tf.raw_ops.DepthwiseConv2dNativeBackpropInput(input_sizes=input_sizes, filter=dw, out_backprop=d_mid,
+                                                             **attrs)
+    grad = tf.raw_ops.DepthwiseConv2dNativeBackpropInput(input_sizes=input_sizes, filter=tf.cast(dw, tf.float32),
+                                                         out_backprop=tf.cast(d_mid, tf.float32), **attrs)
+    return tf.cast(grad, tf.bfloat16)
