@@ -238,3 +238,22 @@ def test_bfloat16_partial_channel_and_petridish_networks_give_alpha_gradients(sp
     grads = tape.gradient(loss, net.alphas)
     assert logits.dtype == tf.float32 and np.isfinite(float(loss))
     assert all(g.dtype == tf.float32 and np.all(np.isfinite(g)) and np.any(g.numpy() != 0) for g in grads)
+
+
+def test_bfloat16_relu_by_bits_is_relu_with_relus_gradient():
+    from tfnas.ops.relu import relu
+    values = np.array([-np.inf, -3.5, -1e-30, -0.0, 0.0, 1e-30, 0.75, 2.0, 3e38, np.inf], np.float32)
+    x = tf.constant(np.concatenate([values, np.random.default_rng(0).normal(size=1000).astype(np.float32)]),
+                    tf.bfloat16)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        mine, theirs = relu(x), tf.nn.relu(x)
+    assert mine.dtype == tf.bfloat16
+    np.testing.assert_array_equal(tf.cast(mine, tf.float32).numpy(), tf.cast(theirs, tf.float32).numpy())
+    assert not np.any(np.signbit(tf.cast(mine, tf.float32).numpy()))  # -0 comes out +0
+    dy = tf.cast(tf.range(x.shape[0], dtype=tf.float32) + 1, tf.bfloat16)
+    np.testing.assert_array_equal(tape.gradient(mine, x, dy).numpy(), tape.gradient(theirs, x, dy).numpy())
+    x32 = tf.constant(values)
+    graph = tf.function(relu).get_concrete_function(tf.TensorSpec([None], tf.float32)).graph
+    assert "Relu" in {op.type for op in graph.get_operations()}  # float32: TensorFlow's own op
+    np.testing.assert_array_equal(relu(x32).numpy(), tf.nn.relu(x32).numpy())

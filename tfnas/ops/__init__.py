@@ -7,6 +7,7 @@ this package registers them all).
     depthwise_grad.py   the depthwise filter gradient in 3-column blocks
     depthwise_block.py  relu-bn-depthwise-1x1 as one op that holds less for the backward pass
     channels.py         tile_channels (k copies on the channel axis)
+    relu.py             ReLU, in bfloat16 by its bits
     space_to_batch.py   the block layout of dilated convs
     constants.py        per-graph shared constants
     darts.py            the DARTS candidates and cell preprocessing

@@ -14,6 +14,7 @@ from tfnas.ops.conv import conv2d, depthwise, pad_amount, pointwise
 from tfnas.ops.depthwise_block import depthwise_block
 from tfnas.ops.layer import OpLayer
 from tfnas.ops.registry import register
+from tfnas.ops.relu import relu
 from tfnas.ops.space_to_batch import fits_blocks, from_blocks
 
 
@@ -36,7 +37,7 @@ class ReluConvBN(OpLayer):
         self.finish_build()
 
     def call(self, x, training=False, update_statistics=True):
-        return self.bn(conv2d(tf.nn.relu(x), self.w, self.stride, self.padding), training,
+        return self.bn(conv2d(relu(x), self.w, self.stride, self.padding), training,
                        update_statistics=update_statistics)
 
     def macs(self, h, w):

@@ -23,6 +23,7 @@ from tfnas.ops.batchnorm import EPSILON, BatchNorm, fused_batch_norm, fused_batc
 from tfnas.ops.constants import shape_of
 from tfnas.ops.conv import depthwise, pointwise
 from tfnas.ops.depthwise_grad import depthwise_filter_gradient
+from tfnas.ops.relu import relu, relu_unrecorded
 
 
 def depthwise_block(x, dw, pw=None, padding: int = 0, stride: int = 1, bn: BatchNorm | None = None,
@@ -36,7 +37,7 @@ def depthwise_block(x, dw, pw=None, padding: int = 0, stride: int = 1, bn: Batch
     if not (hold_less and training and grouped_ok and (bn is None or not (bn.affine or bn.synced()))
             and dw.shape[0] == 2 * padding + 1):
         if bn is not None:
-            x = tf.nn.relu(bn(x, training, update_statistics=update_statistics))
+            x = relu(bn(x, training, update_statistics=update_statistics))
         y = depthwise(x, dw, stride, padding)
         return y if pw is None else pointwise(y, pw, grouped)
     if stride != 1:  # padded first, as depthwise() does, to stay on the oneDNN kernels
@@ -61,7 +62,7 @@ def depthwise_block(x, dw, pw=None, padding: int = 0, stride: int = 1, bn: Batch
             pixels = held.shape[:3].num_elements() or tf.cast(tf.size(held) // bn.channels, var.dtype)
             # 1 / std of this batch, from the unbiased variance.
             inv_std = tf.math.rsqrt(var * ((pixels - 1) / pixels) + EPSILON)
-            activated = tf.nn.relu(held)
+            activated = relu_unrecorded(held)
         mid = tf.raw_ops.DepthwiseConv2dNative(input=activated, filter=dw, **attrs)
         out = mid if pw is None else tf.raw_ops.Conv2D(input=mid, filter=pw, **pw_attrs)
     inputs = [t for t in (x, dw, pw) if t is not None]
@@ -95,7 +96,7 @@ def depthwise_block(x, dw, pw=None, padding: int = 0, stride: int = 1, bn: Batch
                     reserve_space_1=offset, reserve_space_2=scale,  # zeros and ones
                     epsilon=0.0, data_format="NHWC", is_training=True))
         if need_dw or (need_pw and recompute):
-            act = activated if bn is None else again(lambda: tf.nn.relu(held))
+            act = activated if bn is None else again(lambda: relu_unrecorded(held))
         if need_dw:
             grads.append(depthwise_filter_gradient(input=act, filter_sizes=shape_of(dw), out_backprop=d_mid,
                                                    **attrs))

@@ -25,6 +25,7 @@ import tensorflow as tf
 from tfnas.ops.conv import grouped_conv_supported
 from tfnas.ops.space_to_batch import to_blocks
 from tfnas.ops.channels import tile_channels
+from tfnas.ops.relu import relu
 from tfnas.proto import descriptors_pb2 as pb
 
 
@@ -153,7 +154,7 @@ class OpLayer(keras.layers.Layer):
         if blocks:
             y = to_blocks(self.relu_input(x, shared, spread), blocks)
         else:
-            y = tf.nn.relu(x)
+            y = relu(x)
             if spread:
                 y = self.spread(y)
         if shared is not None:

@@ -18,6 +18,7 @@ from tfnas.ops.batchnorm import BatchNorm
 from tfnas.ops.conv import conv2d, pad_amount
 from tfnas.ops.layer import OpLayer, torch_like_init
 from tfnas.ops.registry import register
+from tfnas.ops.relu import relu
 
 
 @register("stem")
@@ -111,14 +112,14 @@ class AuxTower(OpLayer):
         self.finish_build()
 
     def call(self, x, training=False, update_statistics=True):
-        x = tf.nn.relu(x)
+        x = relu(x)
         x = tf.nn.avg_pool2d(x, 5, 3, "VALID" if x.shape[1] >= 5 and x.shape[2] >= 5 else "SAME")
-        x = tf.nn.relu(self.bn1(tf.nn.conv2d(x, tf.cast(self.w1, x.dtype), 1, "VALID"), training,
+        x = relu(self.bn1(tf.nn.conv2d(x, tf.cast(self.w1, x.dtype), 1, "VALID"), training,
                                 update_statistics=update_statistics))
         w2 = tf.cast(self.w2, x.dtype)
         if x.shape[1] < 2 or x.shape[2] < 2:
             w2 = w2[: min(2, x.shape[1]), : min(2, x.shape[2])]
-        x = tf.nn.relu(self.bn2(tf.nn.conv2d(x, w2, 1, "VALID"), training, update_statistics=update_statistics))
+        x = relu(self.bn2(tf.nn.conv2d(x, w2, 1, "VALID"), training, update_statistics=update_statistics))
         x = tf.reduce_mean(tf.cast(x, tf.float32), axis=[1, 2])
         return tf.matmul(x, self.fc_w) + self.fc_b
 
