@@ -386,6 +386,8 @@ def record_precision(c: Child, cfg, options) -> None:
     a case whose network did not take the configuration's precision is flagged, not silently timed."""
     c.result["configured_precision"] = enum_name(cfg.runtime, "precision")
     c.result["precision"] = enum_name(options, "precision")
+    # The 1x1 conv kernel the network was compiled with (runtime.pointwise: AUTO chooses per CPU).
+    c.result["pointwise"] = "MatMul" if getattr(options, "pointwise_matmul", False) else "Conv2D"
     if c.result["precision"] != c.result["configured_precision"] and c.result["kind"] != "export":
         c.warn(f"network compiled in {c.result['precision']}, configured {c.result['configured_precision']}")
 

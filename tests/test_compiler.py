@@ -199,3 +199,50 @@ def test_multiply_adds_follow_each_state_resolution():
     sep = 2 * 4 * 4 * (9 * c + c * c)               # sep_conv_3x3 between nodes, at 4x4
     head = 2 * c * 10
     assert compiler.multiply_adds(model) == stem + pre + skips + sep + head
+
+
+@pytest.mark.parametrize("search", [False, True])
+def test_pointwise_matmul_computes_the_conv2d_network(search):
+    """CompilerOptions.pointwise_matmul changes kernels, not the mathematics: an evaluation network (1x1
+    preprocessing, separable and dilated convs) and a search network (grouped copies, which keep Conv2D)
+    give Conv2D's logits and weight gradients with MatMuls in the traced step."""
+    import keras
+    if search:
+        desc = darts.build_supernet(macro.build_macro(config_pb2.MacroConfig(channels=4, cells=3, nodes=3,
+                                                                             stem_multiplier=3), [8, 8, 1], 5),
+                                    darts.PRIMITIVES, seed=3)
+        base = compiler.SEARCH_OPTIONS
+    else:
+        desc, base = small(compiler.EVAL_OPTIONS).desc, compiler.EVAL_OPTIONS
+    nets = []
+    for matmul in (False, True):
+        options = pb.CompilerOptions()
+        options.CopyFrom(base)
+        options.pointwise_matmul = matmul
+        keras.utils.set_random_seed(0)
+        nets.append(compiler.compile_model(desc, options))
+    for a, b in zip(nets[0].variables, nets[1].variables):
+        assert a.path == b.path
+        b.assign(a)
+    x, y = tf.constant(np.random.default_rng(1).normal(size=(4, 8, 8, 1)), tf.float32), tf.constant([0, 1, 2, 3])
+
+    def step(net):
+        @tf.function
+        def fn(x):
+            with tf.GradientTape() as tape:
+                logits = net.forward(x, training=True)[0]
+                loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+            return logits, tape.gradient(loss, net.weights_only)
+        return fn
+
+    fns = [step(net) for net in nets]
+    matmuls = [sum(op.type == "MatMul" for op in fn.get_concrete_function(x).graph.get_operations()) for fn in fns]
+    assert matmuls[1] > matmuls[0]
+    if not search:
+        nets[0].drop_rate.assign(0.0), nets[1].drop_rate.assign(0.0)
+    (la, ga), (lb, gb) = fns[0](x), fns[1](x)
+    np.testing.assert_allclose(la, lb, rtol=1e-4, atol=1e-5)
+    assert [g is None for g in ga] == [g is None for g in gb] and sum(g is not None for g in ga) > 20
+    for a, b in zip(ga, gb):  # summation order differs: float32 round-off only
+        if a is not None:  # the auxiliary tower's weights: not in this loss
+            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)

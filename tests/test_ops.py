@@ -249,15 +249,17 @@ def test_dil_conv_is_relu_dilated_depthwise_pointwise_batchnorm(kernel, size):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("kernel,stride,recompute", [(3, 1, False), (5, 1, False), (5, 2, False), (3, 1, True),
-                                                     (5, 2, True)])
-def test_sep_conv_is_its_plain_composition_holding_less(kernel, stride, recompute):
+@pytest.mark.parametrize("kernel,stride,recompute,matmul", [
+    (3, 1, False, False), (5, 1, False, False), (5, 2, False, False), (3, 1, True, False), (5, 2, True, False),
+    (3, 1, False, True), (5, 2, True, True)])
+def test_sep_conv_is_its_plain_composition_holding_less(kernel, stride, recompute, matmul):
     """The search network's separable conv (ops.depthwise_block, which holds less for the backward pass,
-    with or without recomputing the depthwise outputs) has the values, gradients and moving statistics of
-    relu -> dw -> 1x1 -> BN -> relu -> dw -> 1x1 -> BN."""
+    with or without recomputing the depthwise outputs, its 1x1 convs as Conv2D or MatMul) has the values,
+    gradients and moving statistics of relu -> dw -> 1x1 -> BN -> relu -> dw -> 1x1 -> BN."""
     options = pb.CompilerOptions()
     options.CopyFrom(SEARCH_OPTIONS)
     options.recompute_depthwise = recompute
+    options.pointwise_matmul = matmul
     layer = make(f"sep_conv_{kernel}x{kernel}", stride, options)
     p = kernel // 2
     x = tf.random.normal([4, 7, 8, C]) * 2.0 + 0.5
@@ -418,6 +420,18 @@ CONV_CASES = {  # name: (our op, tf.nn reference, input channels, filter shape)
     "grouped1x1": (lambda x, w: conv.pointwise(x, w),
                    lambda x, w: tf.concat([tf.nn.conv2d(x[..., g * C:(g + 1) * C], w[..., g * 4:(g + 1) * 4], 1,
                                                         "VALID") for g in range(3)], -1), 3 * C, [1, 1, C, 12]),
+    "matmul1x1": (lambda x, w: conv.conv2d(x, w, matmul=True), lambda x, w: tf.nn.conv2d(x, w, 1, "VALID"),
+                  C, [1, 1, C, 4]),
+    "matmul-grouped1x1": (lambda x, w: conv.pointwise(x, w, matmul=True),  # stays one grouped Conv2D
+                          lambda x, w: tf.concat([tf.nn.conv2d(x[..., g * C:(g + 1) * C], w[..., g * 4:(g + 1) * 4],
+                                                               1, "VALID") for g in range(3)], -1),
+                          3 * C, [1, 1, C, 12]),
+    "matmul-ungrouped1x1": (lambda x, w: conv.pointwise(x, w, grouped=False, matmul=True),  # a MatMul per group
+                            lambda x, w: tf.concat([tf.nn.conv2d(x[..., g * C:(g + 1) * C],
+                                                                 w[..., g * 4:(g + 1) * 4], 1, "VALID")
+                                                    for g in range(3)], -1), 3 * C, [1, 1, C, 12]),
+    "matmul3x3": (lambda x, w: conv.conv2d(x, w, 1, 1, matmul=True),  # not a 1x1 conv: Conv2D
+                  lambda x, w: tf.nn.conv2d(x, w, 1, [[0, 0], [1, 1], [1, 1], [0, 0]]), C, [3, 3, C, 4]),
     "dw3x3-s1": (lambda x, w: conv.depthwise(x, w, 1, 1),
                  lambda x, w: tf.nn.depthwise_conv2d(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]), w, [1, 1, 1, 1],
                                                      "VALID"), C, [3, 3, C, 1]),
@@ -442,6 +456,37 @@ def test_convolutions_have_tf_nn_values_and_gradients(case):
         loss, loss_ref = tf.reduce_sum(tf.sin(y)), tf.reduce_sum(tf.sin(y_ref))
     np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
     for a, b in zip(tape.gradient(loss, [x, w]), tape.gradient(loss_ref, [x, w])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("spec", [[2, 5, 4, 3 * C], [None, None, None, 3 * C]])
+def test_pointwise_matmul_replaces_only_ungrouped_1x1_convs(grouped, spec):
+    """CompilerOptions.pointwise_matmul: an ungrouped 1x1 conv, its input and its filter gradients are
+    MatMuls (static or unknown image sizes, tf.nn's values); a grouped one stays one Conv2D and its
+    gradients, and so does a 1x1 conv without the option."""
+    w = tf.Variable(tf.random.normal([1, 1, C if grouped else 3 * C, 12]))
+
+    def step(matmul):
+        @tf.function
+        def fn(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = tf.reduce_sum(tf.sin(conv.pointwise(x, w, matmul=matmul)))
+            return loss, tape.gradient(loss, [x, w])
+        return fn
+
+    for matmul in (False, True):
+        graph = step(matmul).get_concrete_function(tf.TensorSpec(spec)).graph
+        types = [op.type for op in graph.get_operations()]
+        as_matmul = matmul and not grouped
+        assert types.count("MatMul") == (3 if as_matmul else 0)
+        assert sum(t.startswith("Conv2D") for t in types) == (0 if as_matmul else 3)
+    x = tf.random.normal([2, 5, 4, 3 * C])
+    loss, grads = step(True)(x)
+    ref_loss, ref_grads = step(False)(x)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    for a, b in zip(grads, ref_grads):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 

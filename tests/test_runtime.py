@@ -48,3 +48,26 @@ def test_runtime_settings_do_not_make_another_experiment(tmp_path):
         assert "holds a run with another configuration" in str(err)
     else:
         raise AssertionError("another seed must be another experiment")
+
+
+def test_pointwise_auto_takes_matmul_only_where_it_was_measured_faster(monkeypatch):
+    """runtime.pointwise: AUTO is MatMul for float32 steps on AMD CPUs, Conv2D on Intel CPUs, at a lower
+    precision and on TPUs; CONV2D and MATMUL force one everywhere. The run's compiler options carry it."""
+    from tfnas import compiler
+    from tfnas.proto import config_pb2
+
+    def resolved(vendor, *settings):
+        monkeypatch.setattr(runtime, "cpu_vendor", lambda: vendor)
+        cfg = config.load_config(None, list(settings))
+        chosen = runtime.pointwise_matmul(cfg.runtime)
+        assert compiler.run_options(compiler.EVAL_OPTIONS, cfg.runtime).pointwise_matmul == chosen
+        return chosen
+
+    assert config.load_config().runtime.pointwise == config_pb2.RuntimeConfig.AUTO
+    assert resolved("AuthenticAMD")
+    assert not resolved("GenuineIntel")
+    assert not resolved("")
+    assert not resolved("AuthenticAMD", "runtime.precision=mixed_bfloat16")
+    assert not resolved("AuthenticAMD", "runtime.strategy=tpu")
+    assert not resolved("AuthenticAMD", "runtime.pointwise=conv2d")
+    assert resolved("GenuineIntel", "runtime.pointwise=matmul")

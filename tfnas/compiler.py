@@ -14,6 +14,7 @@ import tensorflow as tf
 from tfnas import ops
 from tfnas.descriptors import concat_states, reads_alphas, validate
 from tfnas.proto import descriptors_pb2 as pb
+from tfnas.runtime import pointwise_matmul
 
 SEARCH_OPTIONS = pb.CompilerOptions(aux_towers=False, drop_path=False, affine=False, group_mixed_edges=True)
 EVAL_OPTIONS = pb.CompilerOptions(aux_towers=True, drop_path=True, affine=True)
@@ -249,12 +250,13 @@ class NasModel(keras.Model):
 
 def run_options(base: pb.CompilerOptions, runtime) -> pb.CompilerOptions:
     """`base` (SEARCH_OPTIONS or EVAL_OPTIONS) with what a run's `runtime` section (a RuntimeConfig)
-    decides for every network it trains: synced BatchNorm and the precision. Search and evaluation both
-    derive their options here, so a runtime setting reaches every network or none."""
+    decides for every network it trains: synced BatchNorm, the precision and the 1x1 conv kernel. Search
+    and evaluation both derive their options here, so a runtime setting reaches every network or none."""
     options = pb.CompilerOptions()
     options.CopyFrom(base)
     options.sync_batchnorm = runtime.sync_batchnorm
     options.precision = runtime.precision
+    options.pointwise_matmul = pointwise_matmul(runtime)
     return options
 
 

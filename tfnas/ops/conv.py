@@ -11,7 +11,7 @@ import functools
 import tensorflow as tf
 from tensorflow.python.eager import record  # private, stable in the pinned TF range
 
-from tfnas.ops.constants import shape_of
+from tfnas.ops.constants import constant, shape_of
 from tfnas.ops.depthwise_grad import depthwise_filter_gradient
 from tfnas.ops.space_to_batch import from_blocks, subsample, to_blocks
 
@@ -43,11 +43,56 @@ def with_gradient(name: str, forward, backprop_input, backprop_filter, x, w, **a
     return y
 
 
-def _conv(x, w, stride: int, padding: str = "VALID", explicit: int = 0):
+def _conv(x, w, stride: int, padding: str = "VALID", explicit: int = 0, matmul: bool = False):
     pads = [0, 0, explicit, explicit, explicit, explicit, 0, 0] if padding == "EXPLICIT" else []
-    return with_gradient(
-        "Conv2D", tf.raw_ops.Conv2D, tf.raw_ops.Conv2DBackpropInput, tf.raw_ops.Conv2DBackpropFilter, x, w,
-        strides=[1, stride, stride, 1], padding=padding, explicit_paddings=pads, data_format="NHWC")
+    kernels = (tf.raw_ops.Conv2D, tf.raw_ops.Conv2DBackpropInput, tf.raw_ops.Conv2DBackpropFilter)
+    if matmul and stride == 1 and padding == "VALID" and is_pointwise(x, w):
+        kernels = (pointwise_forward, pointwise_backprop_input, pointwise_backprop_filter)
+    return with_gradient("Conv2D", *kernels, x, w, strides=[1, stride, stride, 1], padding=padding,
+                         explicit_paddings=pads, data_format="NHWC")
+
+
+def is_pointwise(x, w) -> bool:
+    """Whether conv(x, w) at stride 1 is one matrix product per pixel: a 1x1 kernel over all of x's
+    channels (not grouped)."""
+    return tuple(w.shape[:2]) == (1, 1) and x.shape[-1] is not None and x.shape[-1] == w.shape[2]
+
+
+# A 1x1 conv as MatMul on the pixel rows (CompilerOptions.pointwise_matmul). oneDNN's CPU convolution
+# reorders NHWC tensors into its blocked channel layout and back, and pads channel counts such as 36 and 72
+# to its vector width; a matrix product over [pixels, channels] rows reads NHWC as it lies. The functions
+# take Conv2D's arguments (for with_gradient and depthwise_block) and ignore the stride, padding and
+# layout attributes, which a stride-1 VALID NHWC 1x1 conv makes trivial.
+
+def _rows(x):
+    """[N, H, W, C] as [N*H*W, C]: the same buffer."""
+    return tf.reshape(x, constant((-1, int(x.shape[-1])), tf.int32))
+
+
+def _image_shape(x, channels: int):
+    """x's [N, H, W] with `channels`, a constant where x's shape is static."""
+    if x.shape[:3].is_fully_defined():
+        return constant((*x.shape[:3], channels), tf.int32)
+    return tf.concat([tf.shape(x)[:3], constant((channels,), tf.int32)], 0)
+
+
+def _matrix(w):
+    """A [1, 1, C_in, C_out] kernel as [C_in, C_out]."""
+    return tf.reshape(w, constant(tuple(int(d) for d in w.shape[2:]), tf.int32))
+
+
+def pointwise_forward(input, filter, **_):
+    return tf.reshape(tf.raw_ops.MatMul(a=_rows(input), b=_matrix(filter)), _image_shape(input, filter.shape[-1]))
+
+
+def pointwise_backprop_input(input_sizes, filter, out_backprop, **_):
+    grad = tf.raw_ops.MatMul(a=_rows(out_backprop), b=_matrix(filter), transpose_b=True)
+    return tf.reshape(grad, input_sizes)
+
+
+def pointwise_backprop_filter(input, filter_sizes, out_backprop, **_):
+    grad = tf.raw_ops.MatMul(a=_rows(input), b=_rows(out_backprop), transpose_a=True)
+    return tf.reshape(grad, filter_sizes)
 
 
 def _depthwise(x, w, stride: int, padding: str):
@@ -56,24 +101,25 @@ def _depthwise(x, w, stride: int, padding: str):
         depthwise_filter_gradient, x, w, strides=[1, stride, stride, 1], padding=padding, data_format="NHWC")
 
 
-def conv2d(x, w, stride: int = 1, padding: int = 0):
+def conv2d(x, w, stride: int = 1, padding: int = 0, matmul: bool = False):
+    """`matmul`: an ungrouped stride-1 1x1 conv runs as MatMul (CompilerOptions.pointwise_matmul)."""
     if padding == 0:
-        return _conv(x, w, stride)
+        return _conv(x, w, stride, matmul=matmul)
     if stride == 1:
         return _conv(x, w, 1, "SAME")  # odd kernel, stride 1: SAME is the symmetric padding
     return _conv(x, w, stride, "EXPLICIT", padding)
 
 
-def pointwise(x, w, grouped: bool = True):
+def pointwise(x, w, grouped: bool = True, matmul: bool = False):
     """1x1 conv; grouped when x has more channels than w's input depth (k copies of a layer, see OpLayer).
 
     TF runs grouped convolutions with oneDNN on CPU (and on GPU/TPU), but its plain Eigen CPU kernels do
     not; there (`grouped=False`, see grouped_conv_supported) the groups run as separate convs, the same
-    arithmetic."""
+    arithmetic. `matmul`: as conv2d's, for the ungrouped convs."""
     groups = x.shape[-1] // w.shape[2]
     if groups == 1 or grouped:
-        return _conv(x, w, 1)
-    return tf.concat([_conv(xg, wg, 1)
+        return _conv(x, w, 1, matmul=matmul)
+    return tf.concat([_conv(xg, wg, 1, matmul=matmul)
                       for xg, wg in zip(tf.split(x, groups, -1), tf.split(w, groups, -1))], -1)
 
 

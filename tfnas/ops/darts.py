@@ -21,7 +21,7 @@ from tfnas.ops.space_to_batch import fits_blocks, from_blocks
 def block_options(layer: OpLayer) -> dict:
     """The depthwise_block arguments that follow from a layer's compiler options and build."""
     return dict(recompute=layer.options.recompute_depthwise, hold_less=not layer.options.nested_gradients,
-                grouped=layer.grouped)
+                grouped=layer.grouped, matmul=layer.options.pointwise_matmul)
 
 
 @register("relu_conv_bn")
@@ -37,8 +37,8 @@ class ReluConvBN(OpLayer):
         self.finish_build()
 
     def call(self, x, training=False, update_statistics=True):
-        return self.bn(conv2d(relu(x), self.w, self.stride, self.padding), training,
-                       update_statistics=update_statistics)
+        x = conv2d(relu(x), self.w, self.stride, self.padding, self.options.pointwise_matmul)
+        return self.bn(x, training, update_statistics=update_statistics)
 
     def macs(self, h, w):
         oh, ow = self.out_size(h, w)
@@ -123,7 +123,8 @@ class DilConv(OpLayer):
         if blocked:
             raise ValueError(f"operation {self.desc.id or self.desc.name}: no block layout for input {x.shape}")
         x = depthwise(self.relu_input(x, shared, spread=True), self.dw, self.stride, self.padding, self.DILATION)
-        return self.bn(pointwise(x, self.pw, self.grouped), training, weight, update_statistics=update_statistics)
+        x = pointwise(x, self.pw, self.grouped, self.options.pointwise_matmul)
+        return self.bn(x, training, weight, update_statistics=update_statistics)
 
     def macs(self, h, w):
         oh, ow = self.out_size(h, w)

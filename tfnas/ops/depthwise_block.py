@@ -21,25 +21,27 @@ from tensorflow.python.eager import record  # private, stable in the pinned TF r
 
 from tfnas.ops.batchnorm import EPSILON, BatchNorm, fused_batch_norm, fused_batch_norm_grad, unit_scale_offset
 from tfnas.ops.constants import shape_of
-from tfnas.ops.conv import depthwise, pointwise
+from tfnas.ops.conv import (depthwise, is_pointwise, pointwise, pointwise_backprop_filter, pointwise_backprop_input,
+                            pointwise_forward)
 from tfnas.ops.depthwise_grad import depthwise_filter_gradient
 from tfnas.ops.relu import relu, relu_unrecorded
 
 
 def depthwise_block(x, dw, pw=None, padding: int = 0, stride: int = 1, bn: BatchNorm | None = None,
                     training: bool = True, update_statistics: bool = True, recompute: bool = False,
-                    hold_less: bool = True, grouped: bool = True):
+                    hold_less: bool = True, grouped: bool = True, matmul: bool = False):
     """[relu(bn(x)) ->] depthwise kxk (symmetric `padding`) [-> 1x1 conv `pw`, grouped as in pointwise].
     `bn` must have no scale and offset (a search network's) for the one-op form; its moving statistics are
     updated as FusedBatchNorm does unless `update_statistics` is False. `grouped`: whether grouped 1x1
-    convs run as one op (conv.grouped_conv_supported)."""
+    convs run as one op (conv.grouped_conv_supported). `matmul`: an ungrouped 1x1 conv runs as MatMul
+    (CompilerOptions.pointwise_matmul)."""
     grouped_ok = pw is None or x.shape[-1] == pw.shape[2] or grouped
     if not (hold_less and training and grouped_ok and (bn is None or not (bn.affine or bn.synced()))
             and dw.shape[0] == 2 * padding + 1):
         if bn is not None:
             x = relu(bn(x, training, update_statistics=update_statistics))
         y = depthwise(x, dw, stride, padding)
-        return y if pw is None else pointwise(y, pw, grouped)
+        return y if pw is None else pointwise(y, pw, grouped, matmul)
     if stride != 1:  # padded first, as depthwise() does, to stay on the oneDNN kernels
         x = tf.pad(x, [[0, 0], [padding, padding], [padding, padding], [0, 0]])
     x, dw = tf.convert_to_tensor(x), tf.convert_to_tensor(dw)  # a variable is read here, as a tape sees it
@@ -47,6 +49,10 @@ def depthwise_block(x, dw, pw=None, padding: int = 0, stride: int = 1, bn: Batch
     pw = None if pw is None else tf.cast(tf.convert_to_tensor(pw), x.dtype)
     attrs = dict(strides=[1, stride, stride, 1], padding="SAME" if stride == 1 else "VALID", data_format="NHWC")
     pw_attrs = dict(strides=[1, 1, 1, 1], padding="VALID", data_format="NHWC")
+    pw_ops = (tf.raw_ops.Conv2D, tf.raw_ops.Conv2DBackpropInput, tf.raw_ops.Conv2DBackpropFilter)
+    if matmul and pw is not None and is_pointwise(x, pw):  # the depthwise output has x's channels
+        pw_ops = (pointwise_forward, pointwise_backprop_input, pointwise_backprop_filter)
+    pw_forward, pw_backprop_input, pw_backprop_filter = pw_ops
     with record.stop_recording():
         if bn is None:
             held = activated = x
@@ -64,7 +70,7 @@ def depthwise_block(x, dw, pw=None, padding: int = 0, stride: int = 1, bn: Batch
             inv_std = tf.math.rsqrt(var * ((pixels - 1) / pixels) + EPSILON)
             activated = relu_unrecorded(held)
         mid = tf.raw_ops.DepthwiseConv2dNative(input=activated, filter=dw, **attrs)
-        out = mid if pw is None else tf.raw_ops.Conv2D(input=mid, filter=pw, **pw_attrs)
+        out = mid if pw is None else pw_forward(input=mid, filter=pw, **pw_attrs)
     inputs = [t for t in (x, dw, pw) if t is not None]
     needs = [record.should_record_backprop([t]) for t in inputs]
     if not any(needs):
@@ -80,8 +86,7 @@ def depthwise_block(x, dw, pw=None, padding: int = 0, stride: int = 1, bn: Batch
         grads = []
         d_mid = d_out
         if pw is not None and (need_x or need_dw):
-            d_mid = tf.raw_ops.Conv2DBackpropInput(input_sizes=shape_of(mid), filter=pw, out_backprop=d_out,
-                                                   **pw_attrs)
+            d_mid = pw_backprop_input(input_sizes=shape_of(mid), filter=pw, out_backprop=d_out, **pw_attrs)
         if need_x:
             d_act = _input_gradient(shape_of(held), dw, d_mid, attrs)
             if bn is None:
@@ -103,8 +108,7 @@ def depthwise_block(x, dw, pw=None, padding: int = 0, stride: int = 1, bn: Batch
         if need_pw:
             m = again(lambda: tf.raw_ops.DepthwiseConv2dNative(input=act, filter=dw, **attrs)) \
                 if recompute else mid
-            grads.append(tf.raw_ops.Conv2DBackpropFilter(input=m, filter_sizes=shape_of(pw), out_backprop=d_out,
-                                                         **pw_attrs))
+            grads.append(pw_backprop_filter(input=m, filter_sizes=shape_of(pw), out_backprop=d_out, **pw_attrs))
         return grads
 
     record.record_operation("DepthwiseBlock", [out], [t for t, need in zip(inputs, needs) if need], backward)

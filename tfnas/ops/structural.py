@@ -54,7 +54,7 @@ class ProjectChannels(OpLayer):
         self.finish_build()
 
     def call(self, x, training=False, update_statistics=True):
-        return self.bn(conv2d(x, self.w), training, update_statistics=update_statistics)
+        return self.bn(conv2d(x, self.w, matmul=self.options.pointwise_matmul), training, update_statistics=update_statistics)
 
     def macs(self, h, w):
         return h * w * int(np.prod(self.w.shape))
