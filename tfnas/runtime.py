@@ -46,13 +46,9 @@ def training_graph_options(graph_optimizer: bool = False):
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": before})
 
 
+@functools.cache
 def cpu_vendor() -> str:
     """/proc/cpuinfo's vendor_id ("AuthenticAMD", "GenuineIntel"; empty where there is no such file)."""
-    return _cpu_vendor()
-
-
-@functools.cache
-def _cpu_vendor() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -67,7 +63,8 @@ def pointwise_matmul(runtime: config_pb2.RuntimeConfig) -> bool:
     """Whether a run's ungrouped 1x1 convs run as MatMul (runtime.pointwise). AUTO takes MatMul where it
     was measured faster, float32 steps on AMD CPUs, and keeps Conv2D wherever it was not measured against
     it (Intel CPUs, lower precisions, GPUs, TPUs), so that no unmeasured machine pays for the choice;
-    `benchmarks/bench.py --pair set:runtime.pointwise=conv2d set:runtime.pointwise=matmul` measures it anywhere."""
+    `benchmarks/bench.py --pair set:runtime.pointwise=conv2d set:runtime.pointwise=matmul` measures it
+    anywhere."""
     if runtime.pointwise != config_pb2.RuntimeConfig.AUTO:
         return runtime.pointwise == config_pb2.RuntimeConfig.MATMUL
     if runtime.precision or runtime.strategy == config_pb2.RuntimeConfig.TPU:

@@ -45,17 +45,18 @@ def with_gradient(name: str, forward, backprop_input, backprop_filter, x, w, **a
 
 def _conv(x, w, stride: int, padding: str = "VALID", explicit: int = 0, matmul: bool = False):
     pads = [0, 0, explicit, explicit, explicit, explicit, 0, 0] if padding == "EXPLICIT" else []
-    kernels = (tf.raw_ops.Conv2D, tf.raw_ops.Conv2DBackpropInput, tf.raw_ops.Conv2DBackpropFilter)
-    if matmul and stride == 1 and padding == "VALID" and is_pointwise(x, w):
-        kernels = (pointwise_forward, pointwise_backprop_input, pointwise_backprop_filter)
+    kernels = conv_kernels(x, w, matmul and stride == 1 and padding == "VALID")
     return with_gradient("Conv2D", *kernels, x, w, strides=[1, stride, stride, 1], padding=padding,
                          explicit_paddings=pads, data_format="NHWC")
 
 
-def is_pointwise(x, w) -> bool:
-    """Whether conv(x, w) at stride 1 is one matrix product per pixel: a 1x1 kernel over all of x's
-    channels (not grouped)."""
-    return tuple(w.shape[:2]) == (1, 1) and x.shape[-1] is not None and x.shape[-1] == w.shape[2]
+def conv_kernels(x, w, matmul: bool) -> tuple:
+    """(forward, input gradient, filter gradient) for conv(x, w) with Conv2D's arguments: MatMul's where
+    `matmul` and conv(x, w) is one matrix product per pixel (a stride-1 VALID 1x1 kernel over all of x's
+    channels, not grouped), Conv2D's otherwise."""
+    if matmul and tuple(w.shape[:2]) == (1, 1) and x.shape[-1] is not None and x.shape[-1] == w.shape[2]:
+        return pointwise_forward, pointwise_backprop_input, pointwise_backprop_filter
+    return tf.raw_ops.Conv2D, tf.raw_ops.Conv2DBackpropInput, tf.raw_ops.Conv2DBackpropFilter
 
 
 # A 1x1 conv as MatMul on the pixel rows (CompilerOptions.pointwise_matmul). oneDNN's CPU convolution
@@ -65,7 +66,7 @@ def is_pointwise(x, w) -> bool:
 # layout attributes, which a stride-1 VALID NHWC 1x1 conv makes trivial.
 
 def _rows(x):
-    """[N, H, W, C] as [N*H*W, C]: the same buffer."""
+    """[N, H, W, C] as [N*H*W, C] (a [1, 1, C_in, C_out] kernel as [C_in, C_out]): the same buffer."""
     return tf.reshape(x, constant((-1, int(x.shape[-1])), tf.int32))
 
 
@@ -76,17 +77,12 @@ def _image_shape(x, channels: int):
     return tf.concat([tf.shape(x)[:3], constant((channels,), tf.int32)], 0)
 
 
-def _matrix(w):
-    """A [1, 1, C_in, C_out] kernel as [C_in, C_out]."""
-    return tf.reshape(w, constant(tuple(int(d) for d in w.shape[2:]), tf.int32))
-
-
 def pointwise_forward(input, filter, **_):
-    return tf.reshape(tf.raw_ops.MatMul(a=_rows(input), b=_matrix(filter)), _image_shape(input, filter.shape[-1]))
+    return tf.reshape(tf.raw_ops.MatMul(a=_rows(input), b=_rows(filter)), _image_shape(input, filter.shape[-1]))
 
 
 def pointwise_backprop_input(input_sizes, filter, out_backprop, **_):
-    grad = tf.raw_ops.MatMul(a=_rows(out_backprop), b=_matrix(filter), transpose_b=True)
+    grad = tf.raw_ops.MatMul(a=_rows(out_backprop), b=_rows(filter), transpose_b=True)
     return tf.reshape(grad, input_sizes)
 
 

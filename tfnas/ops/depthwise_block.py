@@ -21,8 +21,7 @@ from tensorflow.python.eager import record  # private, stable in the pinned TF r
 
 from tfnas.ops.batchnorm import EPSILON, BatchNorm, fused_batch_norm, fused_batch_norm_grad, unit_scale_offset
 from tfnas.ops.constants import shape_of
-from tfnas.ops.conv import (depthwise, is_pointwise, pointwise, pointwise_backprop_filter, pointwise_backprop_input,
-                            pointwise_forward)
+from tfnas.ops.conv import conv_kernels, depthwise, pointwise
 from tfnas.ops.depthwise_grad import depthwise_filter_gradient
 from tfnas.ops.relu import relu, relu_unrecorded
 
@@ -49,10 +48,8 @@ def depthwise_block(x, dw, pw=None, padding: int = 0, stride: int = 1, bn: Batch
     pw = None if pw is None else tf.cast(tf.convert_to_tensor(pw), x.dtype)
     attrs = dict(strides=[1, stride, stride, 1], padding="SAME" if stride == 1 else "VALID", data_format="NHWC")
     pw_attrs = dict(strides=[1, 1, 1, 1], padding="VALID", data_format="NHWC")
-    pw_ops = (tf.raw_ops.Conv2D, tf.raw_ops.Conv2DBackpropInput, tf.raw_ops.Conv2DBackpropFilter)
-    if matmul and pw is not None and is_pointwise(x, pw):  # the depthwise output has x's channels
-        pw_ops = (pointwise_forward, pointwise_backprop_input, pointwise_backprop_filter)
-    pw_forward, pw_backprop_input, pw_backprop_filter = pw_ops
+    # The 1x1 conv's kernels: its input, the depthwise output, has x's channels.
+    pw_forward, pw_backprop_input, pw_backprop_filter = conv_kernels(x, pw, matmul and pw is not None)
     with record.stop_recording():
         if bn is None:
             held = activated = x

@@ -54,7 +54,8 @@ class ProjectChannels(OpLayer):
         self.finish_build()
 
     def call(self, x, training=False, update_statistics=True):
-        return self.bn(conv2d(x, self.w, matmul=self.options.pointwise_matmul), training, update_statistics=update_statistics)
+        x = conv2d(x, self.w, matmul=self.options.pointwise_matmul)
+        return self.bn(x, training, update_statistics=update_statistics)
 
     def macs(self, h, w):
         return h * w * int(np.prod(self.w.shape))
