@@ -470,13 +470,17 @@ def timed_steps(c: Child, run, steps: int, batch: int, flops_per_step: float) ->
         profile_steps(c, run, c.profile)
 
 
-def profile_steps(c: Child, run, count: int) -> None:
+def profile_steps(c: Child, run, count: int, into: dict | None = None) -> None:
     """`count` more steps, after the timed ones, under TensorFlow's profiler: the kernel time of each op
     type per step, summed over the threads that run ops (so with 2 threads it may add up to twice the
-    step), and how busy those threads were. The timed figures and the peak memory stay those above."""
+    step), and how busy those threads were, as `into["profile"]` (default: the case's result; the export
+    case profiles each batch size's calls into that batch's latency). The timed figures and the peak memory
+    stay those measured before the first profile."""
     import tensorflow as tf
-    c.result["peak_gib"] = peak_rss_gib()
-    c.peak_frozen = True
+    if not c.peak_frozen:
+        c.result["peak_gib"] = peak_rss_gib()
+        c.peak_frozen = True
+    into = c.result if into is None else into
     c.enter("profile")
     logdir = tempfile.mkdtemp(prefix="tfnas_profile_")
     try:
@@ -488,10 +492,10 @@ def profile_steps(c: Child, run, count: int) -> None:
         finally:
             wall = time.perf_counter() - t
             tf.profiler.experimental.stop()
-        c.result["profile"] = dict(steps=count, wall_s_per_step=wall / count, **kernel_times(logdir, count))
+        into["profile"] = dict(steps=count, wall_s_per_step=wall / count, **kernel_times(logdir, count))
     finally:
         shutil.rmtree(logdir, ignore_errors=True)
-    prof = c.result["profile"]
+    prof = into["profile"]
     c.log(f"profiled {count} step(s): {prof['kernel_s_per_step']:.3f} s of kernels per step on "
           f"{prof['threads']} thread(s), {wall / count:.3f} s wall per step")
 
@@ -733,6 +737,12 @@ def child_export(c: Child) -> None:
             c.log(f"batch {n}: first call {first:.2f} s; latency {med * 1e3:.1f} ms (min {min(lat) * 1e3:.1f}, "
                   f"max {max(lat) * 1e3:.1f}) over {repeats} calls = {n / med:.1f} img/s")
             c.save()
+        if c.profile:  # after every batch size's timed calls, so that no latency runs beside the profiler
+            for n in EXPORT_BATCHES:
+                images = tf.constant(rng.integers(0, 256, (n, *IMAGE_SHAPE), dtype=np.uint8))
+                profile_steps(c, lambda _: serve(images=images)["class_id"].numpy(), c.profile,
+                              into=c.result["latency"][str(n)])
+                c.save()
 
 
 CHILDREN = {"search": child_search, "infer": child_search, "eval": child_eval_train, "export": child_export}
@@ -772,7 +782,7 @@ def run_case(case: str, steps: int, timeout: float, xla: bool, tmpdir: str, sett
     result_path = os.path.join(tmpdir, f"{case}{tag and '-' + tag}.json")
     cmd = [sys.executable, os.path.abspath(__file__), "--child", case, "--steps", str(steps),
            "--result", result_path] + (["--xla"] if xla else []) + [a for kv in settings for a in ("--set", kv)] \
-        + (["--profile", str(profile)] if profile and CASES[case]["kind"] != "export" else [])
+        + (["--profile", str(profile)] if profile else [])
     print(f"\n=== {case}{tag and ' [' + tag + ']'}: {' '.join(cmd[1:])}", flush=True)
     tail: collections.deque = collections.deque(maxlen=30)
     start = time.perf_counter()
@@ -1131,7 +1141,7 @@ def main(argv=None) -> int:
                    help="with --pair: rounds per case, each one A run and one B run (default 2)")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="after the timed steps, N more under TensorFlow's profiler: kernel time per op type "
-                        "and step, printed per case (with --pair, A beside B); not for export")
+                        "and step (export: call), printed per case (with --pair, A beside B)")
     p.add_argument("--child", metavar="CASE", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

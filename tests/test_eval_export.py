@@ -1,4 +1,5 @@
 """Evaluation from scratch, resuming, SavedModel export and what TF Serving would see."""
+import collections
 import json
 import pathlib
 import shutil
@@ -131,13 +132,27 @@ def test_saved_model_cli_shows_and_runs_the_signature(exported, tmp_path):
     assert "class_id" in ran.stdout
 
 
-def compute_dtypes(saved_model_dir: pathlib.Path) -> set[str]:
-    """The dtypes of the convolutions and BatchNorms in a SavedModel's functions."""
+def function_nodes(saved_model_dir: pathlib.Path) -> list:
+    """The nodes of a SavedModel's functions (its serving graph)."""
     from tensorflow.core.protobuf import saved_model_pb2
     saved = saved_model_pb2.SavedModel()
     saved.ParseFromString((saved_model_dir / "saved_model.pb").read_bytes())
-    return {tf.dtypes.as_dtype(node.attr["T"].type).name for f in saved.meta_graphs[0].graph_def.library.function
-            for node in f.node_def if node.op in ("Conv2D", "DepthwiseConv2dNative", "FusedBatchNormV3")}
+    return [node for f in saved.meta_graphs[0].graph_def.library.function for node in f.node_def]
+
+
+def compute_dtypes(saved_model_dir: pathlib.Path) -> set[str]:
+    """The dtypes of the convolutions, their biases and any BatchNorm in a SavedModel's functions."""
+    return {tf.dtypes.as_dtype(node.attr["T"].type).name for node in function_nodes(saved_model_dir)
+            if node.op in ("Conv2D", "DepthwiseConv2dNative", "BiasAdd", "FusedBatchNormV3")}
+
+
+def test_the_serving_graph_folds_its_batchnorms_into_the_convs(exported):
+    """No BatchNorm op is left in the serving graph: each is its conv's scaled kernel and a bias
+    (CompilerOptions.fold_batchnorm), which oneDNN fuses into the conv; the values are checked against the
+    Keras model in test_export_matches_keras_and_rest_requests."""
+    types = collections.Counter(node.op for node in function_nodes(exported))
+    assert not [t for t in types if "BatchNorm" in t], types
+    assert types["BiasAdd"] > 10, types
 
 
 @pytest.mark.parametrize("precision, agreement, within", [("mixed_bfloat16", 0.98, 0.1), ("mixed_float16", 0.99, 0.02)])

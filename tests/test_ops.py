@@ -30,8 +30,8 @@ def mixed_desc(stride, candidates=CANDIDATES):
 
 
 def make(name, stride, options, **fields):
-    return ops.create(pb.OpDesc(name=name, id=f"t.{name}", stride=stride, in_channels=C, out_channels=C, **fields),
-                      options)
+    fields = {"in_channels": C, "out_channels": C, **fields}
+    return ops.create(pb.OpDesc(name=name, id=f"t.{name}", stride=stride, **fields), options)
 
 
 @pytest.mark.parametrize("name", CANDIDATES + ["factorized_reduce", "relu_conv_bn"])
@@ -587,3 +587,67 @@ def test_shared_constants_are_per_graph_and_per_tracing_thread():
     assert all(a is b for a, b in made.values())  # shared within one graph and thread
     firsts = [a for a, _ in made.values()] + [elsewhere]
     assert len({id(t) for t in firsts}) == 4 and all(t.graph is graph for t in firsts[:3])
+
+
+FOLD_CASES = {  # id: (op name, stride, extra descriptor fields, input size, input channels)
+    "relu_conv_bn 1x1": ("relu_conv_bn", 1, {"kernel_size": 1}, 7, C),
+    "relu_conv_bn 3x3 stride 2": ("relu_conv_bn", 2, {"kernel_size": 3}, 7, C),
+    "sep_conv_3x3": ("sep_conv_3x3", 1, {}, 7, C),
+    "sep_conv_5x5 stride 2": ("sep_conv_5x5", 2, {}, 8, C),
+    "dil_conv_3x3 space-to-batch": ("dil_conv_3x3", 1, {}, 8, C),
+    "dil_conv_5x5 stride 2": ("dil_conv_5x5", 2, {}, 7, C),
+    "factorized_reduce": ("factorized_reduce", 2, {}, 7, C),
+    "stem": ("stem", 1, {"kernel_size": 3, "in_channels": 3}, 8, 3),
+    "project_channels": ("project_channels", 1, {"in_channels": 2 * C}, 5, 2 * C),
+}
+
+
+def _folded_pair(case, dtype_options=pb.CompilerOptions.FLOAT32):
+    """The op built twice, unfolded and with fold_batchnorm (same weights, the folded one computing in
+    `dtype_options`), its BatchNorms given scales, offsets and moving statistics far from 1 and 0."""
+    name, stride, fields, _, _ = FOLD_CASES[case]
+    layers = []
+    for fold in (False, True):
+        options = pb.CompilerOptions()
+        options.CopyFrom(EVAL_OPTIONS)
+        options.fold_batchnorm = fold
+        if fold:
+            options.precision = dtype_options
+        layers.append(make(name, stride, options, **fields))
+    rng = np.random.default_rng(2)
+    for a, b in zip(layers[0].weights, layers[1].weights):
+        assert a.path == b.path
+        if a.path.endswith(("_var", "_gamma")):
+            a.assign(rng.uniform(0.3, 2.0, a.shape).astype(np.float32))
+        elif a.path.endswith(("_mean", "_beta")):
+            a.assign(rng.normal(0, 0.5, a.shape).astype(np.float32))
+        b.assign(a)
+    return layers
+
+
+@pytest.mark.parametrize("case", sorted(FOLD_CASES))
+def test_fold_batchnorm_computes_the_batchnorm_at_inference_without_a_batchnorm_op(case):
+    """CompilerOptions.fold_batchnorm (the serving graph's): at inference every BatchNorm after a conv
+    becomes the conv's scaled kernel and a bias, with the unfolded op's values and no BatchNorm op left;
+    a training pass is the unfolded one's, batch statistics and moving averages alike."""
+    plain, folded = _folded_pair(case)
+    _, _, _, size, channels = FOLD_CASES[case]
+    x = tf.random.normal([4, size, size, channels])
+    np.testing.assert_allclose(folded(x, training=False), plain(x, training=False), rtol=1e-4, atol=1e-5)
+    graph_ops = {op.type for op in tf.function(lambda x: folded(x, training=False)).get_concrete_function(
+        x).graph.get_operations()}
+    assert "BiasAdd" in graph_ops and not any("BatchNorm" in t for t in graph_ops), sorted(graph_ops)
+    np.testing.assert_allclose(folded(x, training=True), plain(x, training=True), rtol=1e-4, atol=1e-5)
+    for a, b in zip(plain.non_trainable_variables, folded.non_trainable_variables):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_fold_batchnorm_in_bfloat16_stays_near_float32():
+    """Folded at bfloat16, the kernels are scaled in float32 before their cast: the output is within
+    bfloat16's rounding of the float32 BatchNorm's, not off by a rounded scale per channel."""
+    plain, folded = _folded_pair("sep_conv_3x3", pb.CompilerOptions.MIXED_BFLOAT16)
+    x = tf.random.normal([4, 8, 8, C])
+    y = folded(tf.cast(x, tf.bfloat16), training=False)
+    assert y.dtype == tf.bfloat16
+    ref = plain(x, training=False).numpy()
+    assert np.abs(tf.cast(y, tf.float32).numpy() - ref).max() <= 0.03 * np.abs(ref).max()

@@ -5,8 +5,9 @@ signature takes `images`, a uint8 batch [N, H, W, C] of any batch size (other si
 training size), normalises inside the graph, and returns `probabilities`, `class_id` and `class_name`. The
 network is recompiled without auxiliary tower and drop path, and the trained weights are copied in by
 variable path (op ids name the layers, checkpoints.load_weights), so neither is in the exported graph or
-its variables. The
-descriptor and the class names travel with the model as assets.
+its variables. Each BatchNorm that follows a conv is folded into it (CompilerOptions.fold_batchnorm): the
+serving graph has a conv with a bias there, which oneDNN runs as one fused op in float32 and bfloat16 alike.
+The descriptor and the class names travel with the model as assets.
 
 `precision` (export.precision) compiles the serving network in bfloat16 or float16: the layers compute in
 the half type while the variables, the normalisation and the probabilities stay float32, so the signature
@@ -28,7 +29,7 @@ from tfnas.evaluation import has_weights
 from tfnas.proto import descriptors_pb2 as pb
 from tfnas.rundir import DATASET_INFO, MODEL_DESC, WEIGHTS
 
-SERVING_OPTIONS = pb.CompilerOptions(aux_towers=False, drop_path=False, affine=True)
+SERVING_OPTIONS = pb.CompilerOptions(aux_towers=False, drop_path=False, affine=True, fold_batchnorm=True)
 SIGNATURE_INPUT = "images"
 CHECK_FILE = "export_check.json"
 PROBE_IMAGES = 256

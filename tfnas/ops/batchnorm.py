@@ -65,7 +65,9 @@ class BatchNorm:
     def __init__(self, owner: keras.layers.Layer, name: str, channels: int, affine: bool):
         self.affine = affine
         self.channels = channels
-        self.sync = bool(getattr(getattr(owner, "options", None), "sync_batchnorm", False))
+        options = getattr(owner, "options", None)
+        self.sync = bool(getattr(options, "sync_batchnorm", False))
+        self.fold = bool(getattr(options, "fold_batchnorm", False))
         if affine:
             self.gamma = owner.add_weight(name=f"{name}_gamma", shape=(channels,), initializer="ones")
             self.beta = owner.add_weight(name=f"{name}_beta", shape=(channels,), initializer="zeros")
@@ -86,17 +88,7 @@ class BatchNorm:
 
         `update_statistics=False`: a training pass normalises by its batch and leaves the moving
         statistics as they are."""
-        channels = self.channels * copies
-        if self.affine:
-            if copies > 1:
-                raise ValueError("BatchNorm copies are for non-affine BatchNorms (a search network's)")
-            scale, offset = self.gamma.value, self.beta.value
-            if weight is not None:
-                scale, offset = scale * weight, offset * weight
-        else:
-            scale, offset = unit_scale_offset(channels, tf.float32)  # float32 at any compute precision
-            if weight is not None:
-                scale = weight
+        scale, offset = self._scale_offset(weight, copies)
         moving_mean, moving_var = self.moving_mean.value, self.moving_var.value
         if copies > 1:
             moving_mean, moving_var = (tf.tile(v, [copies]) for v in (moving_mean, moving_var))
@@ -114,6 +106,41 @@ class BatchNorm:
             x, scale=scale, offset=offset, mean=moving_mean, variance=moving_var,
             epsilon=EPSILON, data_format="NHWC", is_training=False)
         return y
+
+    def _scale_offset(self, weight, copies: int):
+        """The fused op's float32 scale and offset: gamma and beta (or 1 and 0), times `weight`."""
+        if self.affine:
+            if copies > 1:
+                raise ValueError("BatchNorm copies are for non-affine BatchNorms (a search network's)")
+            scale, offset = self.gamma.value, self.beta.value
+            if weight is not None:
+                scale, offset = scale * weight, offset * weight
+        else:
+            scale, offset = unit_scale_offset(self.channels * copies, tf.float32)  # float32 at any precision
+            if weight is not None:
+                scale = weight
+        return scale, offset
+
+    def folds(self, training: bool) -> bool:
+        """Whether this pass folds the BatchNorm into the conv before it (CompilerOptions.fold_batchnorm:
+        inference only; a training pass needs the batch's statistics, which no kernel can hold)."""
+        return self.fold and not training
+
+    def after_conv(self, conv, kernels: list, training: bool, weight=None, update_statistics: bool = True):
+        """This BatchNorm of conv(*kernels), whose output channels are the kernels' output channels in
+        order (one kernel, or the halves of a FactorizedReduce).
+
+        Folded (see `folds`): conv(*(kernel * a)) + b, the moving statistics' affine map a x + b moved
+        into the kernels' output channels and a bias, which oneDNN fuses with the convolution: no
+        BatchNorm op, and at half precision no casts around one either."""
+        if not self.folds(training):
+            return self(conv(*kernels), training, weight, update_statistics=update_statistics)
+        scale, offset = self._scale_offset(weight, 1)
+        a = scale * tf.math.rsqrt(self.moving_var.value + EPSILON)
+        b = offset - self.moving_mean.value * a
+        parts = tf.split(a, [int(k.shape[-1]) for k in kernels]) if len(kernels) > 1 else [a]
+        y = conv(*(tf.convert_to_tensor(k) * part for k, part in zip(kernels, parts)))
+        return tf.nn.bias_add(y, tf.cast(b, y.dtype))
 
     def synced(self) -> bool:
         """Whether this training pass takes its batch statistics over every replica's share."""

@@ -37,8 +37,9 @@ class ReluConvBN(OpLayer):
         self.finish_build()
 
     def call(self, x, training=False, update_statistics=True):
-        x = conv2d(relu(x), self.w, self.stride, self.padding, self.options.pointwise_matmul)
-        return self.bn(x, training, update_statistics=update_statistics)
+        x = relu(x)
+        return self.bn.after_conv(lambda w: conv2d(x, w, self.stride, self.padding, self.options.pointwise_matmul),
+                                  [self.w], training, update_statistics=update_statistics)
 
     def macs(self, h, w):
         oh, ow = self.out_size(h, w)
@@ -74,8 +75,13 @@ class SepConv(OpLayer):
 
     def call(self, x, training=False, update_statistics=True, shared=None, weight=None):
         block = dict(training=training, update_statistics=update_statistics, **block_options(self))
-        x = depthwise_block(self.relu_input(x, shared, spread=True), self.dw1, self.pw1, self.padding, self.stride,
-                            **block)
+        x = self.relu_input(x, shared, spread=True)
+        if self.bn1.folds(training):  # each BatchNorm folded into the 1x1 conv before it
+            mid = relu(self.bn1.after_conv(lambda pw: depthwise_block(x, self.dw1, pw, self.padding, self.stride,
+                                                                      **block), [self.pw1], training))
+            return self.bn2.after_conv(lambda pw: depthwise_block(mid, self.dw2, pw, self.padding, **block),
+                                       [self.pw2], training, weight)
+        x = depthwise_block(x, self.dw1, self.pw1, self.padding, self.stride, **block)
         x = depthwise_block(x, self.dw2, self.pw2, self.padding, bn=self.bn1, **block)
         return self.bn2(x, training, weight, update_statistics=update_statistics)
 
@@ -115,16 +121,17 @@ class DilConv(OpLayer):
 
     def call(self, x, training=False, update_statistics=True, shared=None, weight=None, blocked=False):
         if self.blocks(x):
-            y = depthwise_block(self.relu_input(x, shared, spread=True, blocks=self.DILATION), self.dw, self.pw,
-                                pad_amount(self.dw.shape[0]), training=training,
-                                update_statistics=update_statistics, **block_options(self))
-            y = self.bn(y, training, weight, update_statistics=update_statistics)
+            xb = self.relu_input(x, shared, spread=True, blocks=self.DILATION)
+            y = self.bn.after_conv(
+                lambda pw: depthwise_block(xb, self.dw, pw, pad_amount(self.dw.shape[0]), training=training,
+                                           update_statistics=update_statistics, **block_options(self)),
+                [self.pw], training, weight, update_statistics=update_statistics)
             return y if blocked else from_blocks(y, self.DILATION)
         if blocked:
             raise ValueError(f"operation {self.desc.id or self.desc.name}: no block layout for input {x.shape}")
         x = depthwise(self.relu_input(x, shared, spread=True), self.dw, self.stride, self.padding, self.DILATION)
-        x = pointwise(x, self.pw, self.grouped, self.options.pointwise_matmul)
-        return self.bn(x, training, weight, update_statistics=update_statistics)
+        return self.bn.after_conv(lambda pw: pointwise(x, pw, self.grouped, self.options.pointwise_matmul),
+                                  [self.pw], training, weight, update_statistics=update_statistics)
 
     def macs(self, h, w):
         oh, ow = self.out_size(h, w)
@@ -164,9 +171,10 @@ class FactorizedReduce(OpLayer):
         h, w = x.shape[1], x.shape[2]
         if h % 2 or w % 2:
             shifted = tf.pad(shifted, [[0, 0], [0, h % 2], [0, w % 2], [0, 0]])
-        halves = [conv2d(x, self.w1, 2), conv2d(shifted, self.w2, 2)]
         if self.copies == 1:
-            return self.bn(tf.concat(halves, -1), training, weight, update_statistics=update_statistics)
+            return self.bn.after_conv(lambda w1, w2: tf.concat([conv2d(x, w1, 2), conv2d(shifted, w2, 2)], -1),
+                                      [self.w1, self.w2], training, weight, update_statistics=update_statistics)
+        halves = [conv2d(x, self.w1, 2), conv2d(shifted, self.w2, 2)]
         oh, ow, k = halves[0].shape[1], halves[0].shape[2], self.copies
         y = tf.concat([tf.reshape(half, [-1, oh, ow, k, half.shape[-1] // k]) for half in halves], -1)
         y = tf.reshape(y, [-1, oh, ow, k * y.shape[-1]])  # copy-major channels

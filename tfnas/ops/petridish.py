@@ -118,8 +118,9 @@ class PetriDishJoin(OpLayer):
         for layer, bn in self.branches:
             y = layer(xs[layer.desc.input_index], training=training, update_statistics=update_statistics)
             ys.append(y if bn is None else bn(y, training, update_statistics=update_statistics))
-        x = conv2d(tf.concat(ys, -1) if len(ys) > 1 else ys[0], self.w, matmul=self.options.pointwise_matmul)
-        return self.bn(x, training, update_statistics=update_statistics)
+        x = tf.concat(ys, -1) if len(ys) > 1 else ys[0]
+        return self.bn.after_conv(lambda w: conv2d(x, w, matmul=self.options.pointwise_matmul), [self.w], training,
+                                  update_statistics=update_statistics)
 
     def start_as_sum(self) -> None:
         """Sets the projection to sum(rank_j * child_j): the join starts from the weighted sum of its

@@ -35,7 +35,8 @@ class Stem(OpLayer):
 
     def call(self, x, training=False, update_statistics=True):
         x = tf.cast(x, self.activation_dtype)
-        return self.bn(conv2d(x, self.w, self.stride, self.padding), training, update_statistics=update_statistics)
+        return self.bn.after_conv(lambda w: conv2d(x, w, self.stride, self.padding), [self.w], training,
+                                  update_statistics=update_statistics)
 
     def macs(self, h, w):
         oh, ow = self.out_size(h, w)
@@ -54,8 +55,8 @@ class ProjectChannels(OpLayer):
         self.finish_build()
 
     def call(self, x, training=False, update_statistics=True):
-        x = conv2d(x, self.w, matmul=self.options.pointwise_matmul)
-        return self.bn(x, training, update_statistics=update_statistics)
+        return self.bn.after_conv(lambda w: conv2d(x, w, matmul=self.options.pointwise_matmul), [self.w], training,
+                                  update_statistics=update_statistics)
 
     def macs(self, h, w):
         return h * w * int(np.prod(self.w.shape))
