@@ -636,7 +636,7 @@ def test_fold_batchnorm_computes_the_batchnorm_at_inference_without_a_batchnorm_
     np.testing.assert_allclose(folded(x, training=False), plain(x, training=False), rtol=1e-4, atol=1e-5)
     graph_ops = {op.type for op in tf.function(lambda x: folded(x, training=False)).get_concrete_function(
         x).graph.get_operations()}
-    assert "BiasAdd" in graph_ops and not any("BatchNorm" in t for t in graph_ops), sorted(graph_ops)
+    assert "AddV2" in graph_ops and not any("BatchNorm" in t for t in graph_ops), sorted(graph_ops)
     np.testing.assert_allclose(folded(x, training=True), plain(x, training=True), rtol=1e-4, atol=1e-5)
     for a, b in zip(plain.non_trainable_variables, folded.non_trainable_variables):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6)
