@@ -1,5 +1,4 @@
 """Evaluation from scratch, resuming, SavedModel export and what TF Serving would see."""
-import collections
 import json
 import pathlib
 import shutil
@@ -147,22 +146,14 @@ def compute_dtypes(saved_model_dir: pathlib.Path) -> set[str]:
             if node.op in ("Conv2D", "DepthwiseConv2dNative", "FusedBatchNormV3")}
 
 
-def test_the_serving_graph_folds_its_batchnorms_into_the_convs(exported):
-    """No BatchNorm op is left in the serving graph: each is its conv's scaled kernel and a bias added
-    (CompilerOptions.fold_batchnorm), which grappler fuses into the conv; the values are checked against
-    the Keras model in test_export_matches_keras_and_rest_requests, the graph's optimisation in
-    test_saved_model_cli_shows_and_runs_the_signature."""
-    types = collections.Counter(node.op for node in function_nodes(exported))
-    assert not [t for t in types if "BatchNorm" in t], types
-    assert types["AddV2"] > 10, types
-
-
 @pytest.mark.parametrize("precision, agreement, within", [("mixed_bfloat16", 0.98, 0.1), ("mixed_float16", 0.99, 0.02)])
-def test_a_half_precision_export_serves_uint8_images_and_agrees_with_float32(trained, exported, tmp_path,
+def test_a_half_precision_export_serves_uint8_images_and_agrees_with_float32(trained, exported, tmp_path, capfd,
                                                                             precision, agreement, within):
     """The same signature (uint8 in, float32 probabilities out) computing in bfloat16 or float16, against
     the float32 export on every test digit: the classes agree on at least `agreement` of them and the
-    probabilities to `within` (measured: bfloat16 99.7 % and 0.030, float16 100 % and 0.004)."""
+    probabilities to `within` (measured: bfloat16 99.7 % and 0.030, float16 100 % and 0.004). The bfloat16
+    graph has its BatchNorms folded into the convs (export.serving_options), and grappler optimises it
+    without an error."""
     out, _ = trained
     result = CliRunner().invoke(cli.main, ["export", "--run", str(out), "--out", str(tmp_path), "--precision", precision])
     assert result.exit_code == 0, result.output
@@ -170,8 +161,12 @@ def test_a_half_precision_export_serves_uint8_images_and_agrees_with_float32(tra
     assert f"{precision.upper()} against float32 on {export.PROBE_IMAGES} probe images" in result.output
     dtype = "bfloat16" if precision == "mixed_bfloat16" else "float16"
     assert compute_dtypes(half) == {dtype} and compute_dtypes(exported) == {"float32"}
+    batchnorms = [node.op for node in function_nodes(half) if "BatchNorm" in node.op]
+    assert (not batchnorms) if precision == "mixed_bfloat16" else batchnorms
     images = data_lib.load_dataset(config.load_config().data).test[0]
+    capfd.readouterr()
     a = tf.saved_model.load(str(half)).signatures["serving_default"](images=tf.constant(images))
+    assert "remapper failed" not in capfd.readouterr().err
     b = tf.saved_model.load(str(exported)).signatures["serving_default"](images=tf.constant(images))
     assert a["probabilities"].dtype == tf.float32 and len(images) > 250
     assert np.mean(a["class_id"].numpy() == b["class_id"].numpy()) >= agreement

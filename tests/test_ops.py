@@ -627,7 +627,7 @@ def _folded_pair(case, dtype_options=pb.CompilerOptions.FLOAT32):
 
 @pytest.mark.parametrize("case", sorted(FOLD_CASES))
 def test_fold_batchnorm_computes_the_batchnorm_at_inference_without_a_batchnorm_op(case):
-    """CompilerOptions.fold_batchnorm (the serving graph's): at inference every BatchNorm after a conv
+    """CompilerOptions.fold_batchnorm (the bfloat16 serving graph's): at inference every BatchNorm after a conv
     becomes the conv's scaled kernel and a bias, with the unfolded op's values and no BatchNorm op left;
     a training pass is the unfolded one's, batch statistics and moving averages alike."""
     plain, folded = _folded_pair(case)
@@ -636,7 +636,7 @@ def test_fold_batchnorm_computes_the_batchnorm_at_inference_without_a_batchnorm_
     np.testing.assert_allclose(folded(x, training=False), plain(x, training=False), rtol=1e-4, atol=1e-5)
     graph_ops = {op.type for op in tf.function(lambda x: folded(x, training=False)).get_concrete_function(
         x).graph.get_operations()}
-    assert "AddV2" in graph_ops and not any("BatchNorm" in t for t in graph_ops), sorted(graph_ops)
+    assert "BiasAdd" in graph_ops and not any("BatchNorm" in t for t in graph_ops), sorted(graph_ops)
     np.testing.assert_allclose(folded(x, training=True), plain(x, training=True), rtol=1e-4, atol=1e-5)
     for a, b in zip(plain.non_trainable_variables, folded.non_trainable_variables):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6)

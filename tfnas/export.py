@@ -5,9 +5,7 @@ signature takes `images`, a uint8 batch [N, H, W, C] of any batch size (other si
 training size), normalises inside the graph, and returns `probabilities`, `class_id` and `class_name`. The
 network is recompiled without auxiliary tower and drop path, and the trained weights are copied in by
 variable path (op ids name the layers, checkpoints.load_weights), so neither is in the exported graph or
-its variables. Each BatchNorm that follows a conv is folded into it (CompilerOptions.fold_batchnorm): the
-serving graph has a conv with a bias there, which oneDNN runs as one fused op in float32 and bfloat16 alike.
-The descriptor and the class names travel with the model as assets.
+its variables. The descriptor and the class names travel with the model as assets.
 
 `precision` (export.precision) compiles the serving network in bfloat16 or float16: the layers compute in
 the half type while the variables, the normalisation and the probabilities stay float32, so the signature
@@ -29,7 +27,7 @@ from tfnas.evaluation import has_weights
 from tfnas.proto import descriptors_pb2 as pb
 from tfnas.rundir import DATASET_INFO, MODEL_DESC, WEIGHTS
 
-SERVING_OPTIONS = pb.CompilerOptions(aux_towers=False, drop_path=False, affine=True, fold_batchnorm=True)
+SERVING_OPTIONS = pb.CompilerOptions(aux_towers=False, drop_path=False, affine=True)
 SIGNATURE_INPUT = "images"
 CHECK_FILE = "export_check.json"
 PROBE_IMAGES = 256
@@ -86,9 +84,17 @@ def load_trained(eval_dir: files.AnyPath, options: pb.CompilerOptions = SERVING_
 
 
 def serving_options(precision: int = pb.CompilerOptions.FLOAT32) -> pb.CompilerOptions:
+    """The serving network's options at `precision`. A bfloat16 graph folds its BatchNorms into the convs
+    before them (CompilerOptions.fold_batchnorm): unfolded, its 36- and 72-channel BatchNorms run in float32
+    between casts and fuse with nothing. A float32 graph needs no fold: grappler fuses each conv with its
+    inference BatchNorm by itself, where a folded graph would scale the kernels on every call, and its
+    remapper (TF 2.20) fails on the folded graph's conv + bias + node sum + ReLU where a cell's node sum
+    also feeds the cell's concat (bfloat16's ReLU is a Maximum, which that pattern does not match). Float16
+    is left unfolded until measured on the GPUs it is for."""
     options = pb.CompilerOptions()
     options.CopyFrom(SERVING_OPTIONS)
     options.precision = precision
+    options.fold_batchnorm = precision == pb.CompilerOptions.MIXED_BFLOAT16
     return options
 
 

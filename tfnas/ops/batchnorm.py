@@ -140,10 +140,7 @@ class BatchNorm:
         b = offset - self.moving_mean.value * a
         parts = tf.split(a, [int(k.shape[-1]) for k in kernels]) if len(kernels) > 1 else [a]
         y = conv(*(tf.convert_to_tensor(k) * part for k, part in zip(kernels, parts)))
-        # An Add of a vector, not BiasAdd: grappler fuses either into the conv, but with BiasAdd its remapper
-        # also matches conv + bias + sum + ReLU where a cell's node sum feeds a ReLU and the cell's concat,
-        # and fails on that graph (TF 2.20), logging an error and leaving the function unfused.
-        return y + tf.cast(b, y.dtype)
+        return tf.nn.bias_add(y, tf.cast(b, y.dtype))
 
     def synced(self) -> bool:
         """Whether this training pass takes its batch statistics over every replica's share."""
