@@ -131,7 +131,7 @@ class BatchNorm:
         order (one kernel, or the halves of a FactorizedReduce).
 
         Folded (see `folds`): conv(*(kernel * a)) + b, the moving statistics' affine map a x + b moved
-        into the kernels' output channels and a bias, which oneDNN fuses with the convolution: no
+        into the kernels' output channels and a bias, which grappler fuses with the convolution: no
         BatchNorm op, and at half precision no casts around one either."""
         if not self.folds(training):
             return self(conv(*kernels), training, weight, update_statistics=update_statistics)
