@@ -430,6 +430,8 @@ CONV_CASES = {  # name: (our op, tf.nn reference, input channels, filter shape)
                             lambda x, w: tf.concat([tf.nn.conv2d(x[..., g * C:(g + 1) * C],
                                                                  w[..., g * 4:(g + 1) * 4], 1, "VALID")
                                                     for g in range(3)], -1), 3 * C, [1, 1, C, 12]),
+    "matmul1x1-4-channels": (lambda x, w: conv.conv2d(x, w, matmul=True),  # too few input channels: Conv2D
+                             lambda x, w: tf.nn.conv2d(x, w, 1, "VALID"), 4, [1, 1, 4, 8]),
     "matmul3x3": (lambda x, w: conv.conv2d(x, w, 1, 1, matmul=True),  # not a 1x1 conv: Conv2D
                   lambda x, w: tf.nn.conv2d(x, w, 1, [[0, 0], [1, 1], [1, 1], [0, 0]]), C, [3, 3, C, 4]),
     "dw3x3-s1": (lambda x, w: conv.depthwise(x, w, 1, 1),
@@ -488,6 +490,18 @@ def test_pointwise_matmul_replaces_only_ungrouped_1x1_convs(grouped, spec):
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
     for a, b in zip(grads, ref_grads):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_pointwise_matmul_leaves_convs_over_few_input_channels_to_conv2d():
+    """Below POINTWISE_MATMUL_MIN_INPUT_CHANNELS input channels a 1x1 conv stays Conv2D with the option
+    (PC-DARTS's 4-channel candidates were slower as MatMul); from there on it is a MatMul."""
+    def graph_types(channels):
+        w = tf.Variable(tf.random.normal([1, 1, channels, 8]))
+        fn = tf.function(lambda x: conv.conv2d(x, w, matmul=True))
+        return [op.type for op in fn.get_concrete_function(tf.TensorSpec([2, 5, 4, channels])).graph.get_operations()]
+    few, enough = conv.POINTWISE_MATMUL_MIN_INPUT_CHANNELS - 1, conv.POINTWISE_MATMUL_MIN_INPUT_CHANNELS
+    assert "Conv2D" in graph_types(few) and "MatMul" not in graph_types(few)
+    assert "MatMul" in graph_types(enough) and "Conv2D" not in graph_types(enough)
 
 
 def test_wide_depthwise_filter_gradients_use_kernels_at_most_three_columns_wide():

@@ -50,11 +50,17 @@ def _conv(x, w, stride: int, padding: str = "VALID", explicit: int = 0, matmul: 
                          explicit_paddings=pads, data_format="NHWC")
 
 
+# A product over this few input channels gains nothing as MatMul (PC-DARTS's 4-channel candidates on the
+# CIFAR-10 search network ran slower; benchmarks/README.md): those stay Conv2D.
+POINTWISE_MATMUL_MIN_INPUT_CHANNELS = 5
+
+
 def conv_kernels(x, w, matmul: bool) -> tuple:
     """(forward, input gradient, filter gradient) for conv(x, w) with Conv2D's arguments: MatMul's where
     `matmul` and conv(x, w) is one matrix product per pixel (a stride-1 VALID 1x1 kernel over all of x's
-    channels, not grouped), Conv2D's otherwise."""
-    if matmul and tuple(w.shape[:2]) == (1, 1) and x.shape[-1] is not None and x.shape[-1] == w.shape[2]:
+    channels, not grouped, at least POINTWISE_MATMUL_MIN_INPUT_CHANNELS of them), Conv2D's otherwise."""
+    if matmul and tuple(w.shape[:2]) == (1, 1) and x.shape[-1] is not None and x.shape[-1] == w.shape[2] \
+            and w.shape[2] >= POINTWISE_MATMUL_MIN_INPUT_CHANNELS:
         return pointwise_forward, pointwise_backprop_input, pointwise_backprop_filter
     return tf.raw_ops.Conv2D, tf.raw_ops.Conv2DBackpropInput, tf.raw_ops.Conv2DBackpropFilter
 
