@@ -714,8 +714,8 @@ def child_export(c: Child) -> None:
         c.log(f"loaded in {c.result['load_s']:.1f} s")
         rng = np.random.default_rng(0)
         c.result["latency"] = {}
-        for n in EXPORT_BATCHES:
-            images = tf.constant(rng.integers(0, 256, (n, *IMAGE_SHAPE), dtype=np.uint8))
+        batches = {n: tf.constant(rng.integers(0, 256, (n, *IMAGE_SHAPE), dtype=np.uint8)) for n in EXPORT_BATCHES}
+        for n, images in batches.items():
             c.enter(f"batch {n}: first call")
             t = time.perf_counter()
             serve(images=images)["class_id"].numpy()
@@ -738,8 +738,7 @@ def child_export(c: Child) -> None:
                   f"max {max(lat) * 1e3:.1f}) over {repeats} calls = {n / med:.1f} img/s")
             c.save()
         if c.profile:  # after every batch size's timed calls, so that no latency runs beside the profiler
-            for n in EXPORT_BATCHES:
-                images = tf.constant(rng.integers(0, 256, (n, *IMAGE_SHAPE), dtype=np.uint8))
+            for n, images in batches.items():
                 profile_steps(c, lambda _: serve(images=images)["class_id"].numpy(), c.profile,
                               into=c.result["latency"][str(n)])
                 c.save()
