@@ -84,8 +84,9 @@ def test_bfloat16_search_step_is_finite_and_keeps_its_state_float32(order):
 
 def test_bfloat16_search_network_computes_in_bfloat16():
     """Every convolution and pool of the traced pass in bfloat16; every BatchNorm over whole blocks of 16
-    channels in bfloat16 (V3), every other one in float32 (v1) between casts from and back to bfloat16,
-    where oneDNN's bfloat16 kernel is slow; float32 only from the pooled features on: the logits."""
+    channels in bfloat16 (V3), every one over fewer channels in float32 (v1) between casts from and back
+    to bfloat16, where oneDNN's bfloat16 kernel is slow; float32 only from the pooled features on: the
+    logits."""
     net = compiler.compile_model(supernet_desc(reduction_cells=(1,)), with_precision(compiler.SEARCH_OPTIONS, BF16))
     x = tf.constant(batches()[0])
     graph = tf.function(lambda t: net(t, training=True)).get_concrete_function(tf.TensorSpec(x.shape, x.dtype)).graph
@@ -190,19 +191,21 @@ def test_float32_compiles_exactly_as_before(network):
     assert {dt for t, dt in ops_explicit if t in COMPUTE_OPS} == {tf.float32}
 
 
-def test_bfloat16_depthwise_block_gradients_match_the_composed_block():
-    """The one-op relu-bn-depthwise-1x1 block (its own backward pass, FusedBatchNormGradV3 at bfloat16)
-    against the same block composed of recorded ops, at bfloat16."""
+@pytest.mark.parametrize("channels", [4, 16, 36])
+def test_bfloat16_depthwise_block_gradients_match_the_composed_block(channels):
+    """The one-op relu-bn-depthwise-1x1 block (its own backward pass) against the same block composed of
+    recorded ops, at bfloat16: its BatchNorm in float32 between casts (4 channels), in bfloat16 (16), in
+    bfloat16 over padded channels (36)."""
     from tfnas.ops.batchnorm import BatchNorm
     from tfnas.ops.depthwise_block import depthwise_block
 
     owner = keras.layers.Layer()
-    bn = BatchNorm(owner, "bn", 4, affine=False)
+    bn = BatchNorm(owner, "bn", channels, affine=False)
     rng = np.random.default_rng(0)
-    x = tf.constant(rng.standard_normal((4, 6, 6, 4)), tf.bfloat16)
-    dw = tf.Variable(rng.standard_normal((3, 3, 4, 1)).astype(np.float32) * 0.3)
-    pw = tf.Variable(rng.standard_normal((1, 1, 4, 4)).astype(np.float32) * 0.5)
-    dy = tf.constant(rng.standard_normal((4, 6, 6, 4)), tf.bfloat16)
+    x = tf.constant(rng.standard_normal((4, 6, 6, channels)), tf.bfloat16)
+    dw = tf.Variable(rng.standard_normal((3, 3, channels, 1)).astype(np.float32) * 0.3)
+    pw = tf.Variable(rng.standard_normal((1, 1, channels, channels)).astype(np.float32) * 0.5)
+    dy = tf.constant(rng.standard_normal((4, 6, 6, channels)), tf.bfloat16)
     grads = []
     for hold_less in (True, False):
         with tf.GradientTape() as tape:
@@ -215,6 +218,74 @@ def test_bfloat16_depthwise_block_gradients_match_the_composed_block():
         assert one_op.dtype == np.float32
         err = np.linalg.norm(one_op - composed) / np.linalg.norm(composed)
         assert err < 0.03, err
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_bfloat16_batchnorm_over_padded_channels_agrees_with_float32(training):
+    """36 channels at bfloat16: one V3 op over 48 channels (zeros appended), no cast; its output, updated
+    moving statistics and gradients (input, gamma, beta) those of float32 on the same input, within
+    bfloat16's rounding of the output and of the output gradient."""
+    from tfnas.ops.batchnorm import BatchNorm
+
+    rng = np.random.default_rng(1)
+    x32 = tf.constant(rng.standard_normal((4, 5, 5, 36)) * 2 + 1, tf.float32)
+    x16 = tf.cast(x32, tf.bfloat16)
+    x32 = tf.cast(x16, tf.float32)  # both from the same bfloat16 values
+    dy = tf.constant(rng.standard_normal((4, 5, 5, 36)), tf.bfloat16)
+    results = {}
+    for name, x in (("bf16", x16), ("f32", x32)):
+        owner = keras.layers.Layer()
+        bn = BatchNorm(owner, "bn", 36, affine=True)
+        bn.gamma.assign(rng.uniform(0.5, 1.5, 36) if name == "bf16" else results["bf16"][-1][0])
+        bn.beta.assign(rng.uniform(-1, 1, 36) if name == "bf16" else results["bf16"][-1][1])
+        bn.moving_var.assign(np.full(36, 2.0, np.float32))
+        vectors = [bn.gamma.numpy(), bn.beta.numpy()]
+
+        def call(t):
+            return bn(t, training=training)
+
+        graph = tf.function(call).get_concrete_function(tf.TensorSpec(x.shape, x.dtype)).graph
+        norms = [op for op in graph.get_operations() if op.type in ("FusedBatchNorm", "FusedBatchNormV3")]
+        assert len(norms) == 1
+        if name == "bf16":
+            assert norms[0].type == "FusedBatchNormV3" and norms[0].get_attr("T") == tf.bfloat16
+            assert norms[0].inputs[0].shape[-1] == 48
+            assert not [op for op in graph.get_operations() if op.type == "Cast"]
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = call(x)
+        assert y.dtype == x.dtype and y.shape == x.shape
+        grads = tape.gradient(y, [x, bn.gamma, bn.beta], output_gradients=tf.cast(dy, x.dtype))
+        results[name] = ([np.asarray(tf.cast(t, tf.float32)) for t in [y, *grads]],
+                         [bn.moving_mean.numpy(), bn.moving_var.numpy()], vectors)
+    (out16, stats16, _), (out32, stats32, _) = results["bf16"], results["f32"]
+    for a, b in zip(stats16, stats32):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    if training:
+        assert not np.allclose(stats32[0], 0)  # the moving statistics moved
+    for a, b in zip(out16, out32):
+        assert np.linalg.norm(a - b) / np.linalg.norm(b) < 0.01, np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+def test_bfloat16_evaluation_network_batchnorms_by_channel_count():
+    """DARTS_V2 at 12 channels, bfloat16: its stages' BatchNorms over 12 channels in float32 between casts,
+    over 24 in bfloat16 over 32 channels (padded), over 48 and the stem's 36 in bfloat16 over 48 channels
+    (as they are, and padded)."""
+    desc = genotypes.to_desc(genotypes.lookup("DARTS_V2"), config_pb2.MacroConfig(
+        channels=12, cells=3, stem_multiplier=3, aux_tower=False), [8, 8, 1], 10)
+    net = compiler.compile_model(desc, compiler.EVAL_OPTIONS, precision=BF16)
+    x = tf.constant(batches(shape=(8, 8, 1))[0])
+    graph = tf.function(lambda t: net(t, training=True)).get_concrete_function(tf.TensorSpec(x.shape, x.dtype)).graph
+    kinds = {}
+    for op in graph.get_operations():
+        if op.type in ("FusedBatchNorm", "FusedBatchNormV3"):
+            kinds.setdefault(op.inputs[0].shape[-1], set()).add((op.type, op.get_attr("T")))
+    assert kinds.pop(12) == {("FusedBatchNorm", tf.float32)}
+    assert kinds.pop(32) == {("FusedBatchNormV3", tf.bfloat16)}
+    assert kinds == {48: {("FusedBatchNormV3", tf.bfloat16)}}
+    for training in (True, False):
+        logits, _ = net.forward(x, training=training)
+        assert logits.dtype == tf.float32 and np.all(np.isfinite(logits.numpy()))
 
 
 @pytest.mark.parametrize("space", ["pc_darts", "petridish"])

@@ -24,15 +24,46 @@ def unit_scale_offset(channels: int, dtype):
 
 
 # oneDNN's bfloat16 BatchNorm runs its fast kernels over whole vectors of 16 channels only; over other
-# channel counts (the evaluation network's 36 and 72, the small search network's 8) it is several times
-# slower than float32's (benchmarks/README.md), so there it runs in float32 between two casts.
+# channel counts it is several times slower than float32's (benchmarks/README.md). Over more than one
+# block, where whole blocks add at most a third of the channels (24, 28, 36, 40, 72, ...: the evaluation
+# network's 36 and 72), the op runs in bfloat16 over channels padded with zeros to whole blocks: the
+# padding's copies cost less than two casts to float32 and back. Fewer channels (4, 8, 12, 20: a small
+# search network's) run in float32 between two casts; padded, they would cost more.
 BF16_CHANNEL_BLOCK = 16
 
 
-def _float32_kernel(x) -> bool:
-    if x.dtype == tf.bfloat16:
-        return x.shape[-1] is None or x.shape[-1] % BF16_CHANNEL_BLOCK != 0
-    return x.dtype == tf.float32
+def _bfloat16_padding(x) -> int | None:
+    """Channels of zeros to append so that the op runs in x's own (half) precision; None: it runs in
+    float32 (x float32, or bfloat16 over channels whose padding would cost more than the casts)."""
+    if x.dtype == tf.float32:
+        return None
+    if x.dtype != tf.bfloat16:
+        return 0
+    channels = x.shape[-1]
+    if channels is None:
+        return None
+    pad = -channels % BF16_CHANNEL_BLOCK
+    return pad if not pad or (channels > BF16_CHANNEL_BLOCK and 3 * pad <= channels) else None
+
+
+def _pad_channels(x, pad: int):
+    """x with `pad` channels of zeros after its own; a concat, which costs a fraction of tf.pad's
+    strided copy over the innermost axis."""
+    static = x.shape[:-1]
+    shape = static.as_list() + [pad] if static.is_fully_defined() else tf.concat([tf.shape(x)[:-1], [pad]], 0)
+    return tf.concat([x, tf.zeros(shape, x.dtype)], -1)
+
+
+# What the per-channel inputs of the ops hold over padded channels: unit scale and variance, zero offset
+# and mean (a padded channel, all zeros, stays zero forward and backward).
+_PAD_FILL = {"scale": 1.0, "offset": 0.0, "mean": 0.0, "variance": 1.0, "reserve_space_1": 0.0,
+             "reserve_space_2": 1.0}
+
+
+def _pad_vectors(attrs: dict, pad: int) -> dict:
+    """The ops' attrs with their per-channel inputs padded (_PAD_FILL)."""
+    return {key: tf.concat([tf.convert_to_tensor(value), tf.fill([pad], _PAD_FILL[key])], 0)
+            if key in _PAD_FILL else value for key, value in attrs.items()}
 
 
 def fused_batch_norm(x, **attrs):
@@ -42,21 +73,34 @@ def fused_batch_norm(x, **attrs):
     tape knows that v1's gradient ignores its statistics outputs, where for V3 it builds zero gradients
     for all five of them (5 fewer ops per BatchNorm and pass to trace). V3 takes x at a lower precision
     with float32 scale, offset and statistics. Both return the updated moving averages when
-    exponential_avg_factor != 1."""
-    if not _float32_kernel(x):
+    exponential_avg_factor != 1. Over padded channels (see BF16_CHANNEL_BLOCK) y, mean and variance are
+    those of x's own channels; the reserve outputs stay padded, for fused_batch_norm_grad."""
+    pad = _bfloat16_padding(x)
+    if pad is None:
+        y, *rest = tf.raw_ops.FusedBatchNorm(x=tf.cast(x, tf.float32), **attrs)
+        return (tf.cast(y, x.dtype), *rest)
+    if not pad:
         return tf.raw_ops.FusedBatchNormV3(x=x, **attrs)
-    y, *rest = tf.raw_ops.FusedBatchNorm(x=tf.cast(x, tf.float32), **attrs)
-    return (tf.cast(y, x.dtype), *rest)
+    channels = x.shape[-1]
+    y, mean, var, *reserved = tf.raw_ops.FusedBatchNormV3(
+        x=_pad_channels(x, pad), **_pad_vectors(attrs, pad))
+    return (tf.split(y, [channels, pad], -1)[0], mean[:channels], var[:channels], *reserved)
 
 
 def fused_batch_norm_grad(y_backprop, x, reserved, **attrs):
     """dx of fused_batch_norm's op (x is the op's input, `reserved` its reserve outputs), in x's dtype."""
-    if not _float32_kernel(x):
+    pad = _bfloat16_padding(x)
+    if pad is None:
+        dx = tf.raw_ops.FusedBatchNormGrad(y_backprop=tf.cast(y_backprop, tf.float32), x=tf.cast(x, tf.float32),
+                                           **attrs)[0]
+        return tf.cast(dx, x.dtype)
+    if not pad:
         return tf.raw_ops.FusedBatchNormGradV3(y_backprop=y_backprop, x=x, reserve_space_3=reserved[-1],
                                                **attrs)[0]
-    dx = tf.raw_ops.FusedBatchNormGrad(y_backprop=tf.cast(y_backprop, tf.float32), x=tf.cast(x, tf.float32),
-                                       **attrs)[0]
-    return tf.cast(dx, x.dtype)
+    dx = tf.raw_ops.FusedBatchNormGradV3(
+        y_backprop=_pad_channels(y_backprop, pad), x=_pad_channels(x, pad), reserve_space_3=reserved[-1],
+        **_pad_vectors(attrs, pad))[0]
+    return tf.split(dx, [x.shape[-1], pad], -1)[0]
 
 
 class BatchNorm:
