@@ -86,12 +86,39 @@ def exported(trained, tmp_path_factory):
 
 
 def test_export_layout_assets_and_no_aux_tower(exported):
+    """The weights are constants of the serving graph: no variable in it or in variables/; the auxiliary
+    tower's and drop path's are nowhere."""
     assert exported.name == "3" and exported.parent.name == "digits"
     assert (exported / "saved_model.pb").is_file()
     assert (exported / "assets" / "classes.txt").read_text().split() == [str(i) for i in range(10)]
     assert "cells" in (exported / "assets" / "model_desc.pbtxt").read_text()
-    names = [n for n, _ in tf.train.list_variables(str(exported / "variables" / "variables"))]
-    assert names and not any("aux" in n or "drop_path" in n or "seed" in n for n in names)
+    nodes = function_nodes(exported)
+    assert not [n for n in nodes if n.op in ("VarHandleOp", "ReadVariableOp", "ResourceGather")]
+    assert [n for n in nodes if n.op == "Conv2D"] and [n for n in nodes if n.op == "Const" and
+                                                        n.attr["value"].tensor.tensor_shape.dim]
+    assert not any("aux" in n.name or "drop_path" in n.name for n in nodes)
+    names = [n for n, _ in tf.train.list_variables(str(exported / "variables" / "variables"))] \
+        if (exported / "variables" / "variables.index").exists() else []
+    assert not [n for n in names if "_CHECKPOINTABLE_OBJECT_GRAPH" not in n]
+
+
+def test_export_keeps_variables_when_asked_and_serves_the_same(trained, exported, tmp_path):
+    out, _ = trained
+    result = CliRunner().invoke(cli.main, ["export", "--run", str(out), "--out", str(tmp_path), "--keep-variables"])
+    assert result.exit_code == 0, result.output
+    kept = tmp_path / "tfnas" / "1"
+    names = [n for n, _ in tf.train.list_variables(str(kept / "variables" / "variables"))]
+    assert len([n for n in names if n.endswith("VARIABLE_VALUE")]) > 100
+    assert not any("aux" in n or "drop_path" in n or "seed" in n for n in names)
+    assert [n for n in function_nodes(kept) if n.op == "ReadVariableOp"]
+    images = tf.constant(data_lib.load_dataset(config.load_config().data).test[0][:40])
+    a = tf.saved_model.load(str(kept)).signatures["serving_default"](images=images)
+    b = tf.saved_model.load(str(exported)).signatures["serving_default"](images=images)
+    np.testing.assert_allclose(a["probabilities"].numpy(), b["probabilities"].numpy(), atol=1e-6)
+    assert list(a["class_id"].numpy()) == list(b["class_id"].numpy())
+    larger = tf.constant(np.repeat(np.repeat(images.numpy(), 2, axis=1), 2, axis=2))  # resized in the graph
+    a, b = (tf.saved_model.load(str(d)).signatures["serving_default"](images=larger) for d in (kept, exported))
+    np.testing.assert_allclose(a["probabilities"].numpy(), b["probabilities"].numpy(), atol=1e-6)
 
 
 def test_export_matches_keras_and_rest_requests(trained, exported):

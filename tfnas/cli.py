@@ -241,8 +241,10 @@ def eval_command(arch, config_path, overrides, strategy, out, restart, quiet):
 @click.option("--precision", type=click.Choice(PRECISIONS, case_sensitive=False),
               help="The serving graph's compute precision (default: export.precision); a half-precision graph is "
                    "compared with float32 on probe images (assets/export_check.json).")
+@click.option("--keep-variables", is_flag=True,
+              help="Keep the weights as variables (variables/) instead of graph constants (export.keep_variables).")
 @_friendly
-def export_command(run_dir, out, model_name, version, precision):
+def export_command(run_dir, out, model_name, version, precision, keep_variables):
     """Export the trained network as a SavedModel in the TF Serving layout."""
     from tfnas import config as config_lib, export as export_lib, files, rundir
     from tfnas.proto import descriptors_pb2
@@ -252,7 +254,8 @@ def export_command(run_dir, out, model_name, version, precision):
     chosen = descriptors_pb2.CompilerOptions.Precision.Value(precision.upper()) if precision else \
         config.export.precision
     path = export_lib.export(run, out, model_name or config.export.model_name or "tfnas",
-                             version or int(config.export.version) or 1, precision=chosen)
+                             version or int(config.export.version) or 1, precision=chosen,
+                             keep_variables=keep_variables or config.export.keep_variables)
     click.echo(f"exported {path}")
     check = path / "assets" / export_lib.CHECK_FILE
     if check.exists():

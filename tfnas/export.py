@@ -12,6 +12,12 @@ the half type while the variables, the normalisation and the probabilities stay 
 is the same. Such an export is compared with the float32 network on probe images (fixed random uint8
 images of the training size) before it is put in place, and the comparison travels with it in
 assets/export_check.json: a half-precision graph is a numerical change a user should see, not assume.
+
+The weights are written as constants of the serving graph (`freeze`), unless `keep_variables`
+(export.keep_variables) asks for variables/: a call then reads no variables (hundreds of ReadVariableOps,
+a fixed cost that dominates a batch of one), and grappler computes what depends on the weights alone,
+such as a folded BatchNorm's kernel scales and the bfloat16 casts of the kernels, once when the model
+loads instead of on every call.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import os
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2  # stable in the pinned TF range
 
 from tfnas import checkpoints, compiler, descriptors, files
 from tfnas.errors import UserError
@@ -31,6 +38,8 @@ SERVING_OPTIONS = pb.CompilerOptions(aux_towers=False, drop_path=False, affine=T
 SIGNATURE_INPUT = "images"
 CHECK_FILE = "export_check.json"
 PROBE_IMAGES = 256
+# A GraphDef is one protobuf message, at most 2 GiB: weights beyond this stay variables (keep_variables).
+FREEZE_MAX_BYTES = 1 << 30
 
 
 class ServingModule(tf.Module):
@@ -60,6 +69,25 @@ class ServingModule(tf.Module):
         class_id = tf.argmax(probabilities, axis=-1)
         return {"probabilities": probabilities, "class_id": class_id,
                 "class_name": tf.gather(self.class_names, class_id)}
+
+
+class FrozenServingModule(tf.Module):
+    """A ServingModule's signature with the network's weights as graph constants (export's `freeze`); the
+    assets travel with it, the variables do not."""
+
+    def __init__(self, module: ServingModule):
+        super().__init__(name="tfnas_serving")
+        concrete = module.serve.get_concrete_function()
+        # Control flow stays functional (the resize's cond), as tf.function saves it.
+        frozen = convert_variables_to_constants_v2(concrete, lower_control_flow=False)
+        structure = concrete.structured_outputs
+        self.descriptor, self.classes = module.descriptor, module.classes
+        self.serve = tf.function(lambda images: tf.nest.pack_sequence_as(structure, frozen(images)),
+                                 autograph=False, input_signature=module.serve.input_signature)
+
+
+def weight_bytes(net: compiler.NasModel) -> int:
+    return sum(int(np.prod(v.shape)) * tf.dtypes.as_dtype(v.dtype).size for v in net.variables)
 
 
 def find_eval_dir(run_dir: str | os.PathLike) -> files.AnyPath:
@@ -108,8 +136,10 @@ def precision_check(module: "ServingModule", reference: "ServingModule", images:
 
 
 def export(run_dir: str | os.PathLike, export_dir: str | os.PathLike | None = None, model_name: str = "tfnas",
-           version: int = 1, precision: int = pb.CompilerOptions.FLOAT32) -> files.AnyPath:
-    """Writes the SavedModel; refuses to overwrite an existing version (bump `version` instead)."""
+           version: int = 1, precision: int = pb.CompilerOptions.FLOAT32, keep_variables: bool = False
+           ) -> files.AnyPath:
+    """Writes the SavedModel; refuses to overwrite an existing version (bump `version` instead).
+    `keep_variables`: the weights as variables, not as constants of the serving graph (module docstring)."""
     eval_dir = find_eval_dir(run_dir)
     base = files.path(export_dir) if export_dir else files.path(run_dir) / "export"
     target = base / model_name / str(version)
@@ -121,6 +151,8 @@ def export(run_dir: str | os.PathLike, export_dir: str | os.PathLike | None = No
         descriptors.save(desc, tmp / "model_desc.pbtxt")
         (tmp / "classes.txt").write_text("".join(f"{c}\n" for c in info["class_names"]))
         module = ServingModule(net, info, str(tmp / "model_desc.pbtxt"), str(tmp / "classes.txt"))
+        if not keep_variables and weight_bytes(net) <= FREEZE_MAX_BYTES:
+            module = FrozenServingModule(module)
         if precision != pb.CompilerOptions.FLOAT32:
             _, float32_net, _ = load_trained(eval_dir)
             reference = ServingModule(float32_net, info, str(tmp / "model_desc.pbtxt"), str(tmp / "classes.txt"))

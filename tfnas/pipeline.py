@@ -30,5 +30,5 @@ def run(config: config_pb2.ExperimentConfig, out_dir: str | os.PathLike, verbose
     echo(f"[3/3] export -> {target}")
     if not target.exists() and files.writes():
         export_lib.export(out, out / "export", config.export.model_name or "tfnas", int(config.export.version) or 1,
-                          precision=config.export.precision)
+                          precision=config.export.precision, keep_variables=config.export.keep_variables)
     return {**metrics, "export": str(target)}
