@@ -35,7 +35,8 @@ What each child builds and times, through the functions the commands use:
     eval      the DARTS_V2 evaluation network from architectures.resolve and evaluation.build_trainer
               (compiler.EVAL_OPTIONS: auxiliary tower, drop path 0.1; crop/flip/cutout augmentation, SGD)
               in train.steps.training_step, as `tfnas eval` runs it.
-    export    the same evaluation network with random weights (latency does not depend on them), written
+    export    the same evaluation network with random weights and random BatchNorm statistics (initial
+              ones of zeros would let grappler drop ops from a graph whose weights are constants), written
               as an evaluation directory, exported with `tfnas.export.export`, loaded back with
               tf.saved_model.load, and its `serving_default` signature called at batch 1 and 64.
 
@@ -670,6 +671,20 @@ def write_evaluation_weights(net, out: pathlib.Path) -> None:
     checkpoints.commit(out, checkpoints.EVAL)
 
 
+def trained_like_statistics(net) -> None:
+    """BatchNorm parameters and moving statistics as a trained network has them, not their initial ones:
+    the export's graph is otherwise not the one a user serves (with the weights as constants, grappler
+    removes a folded BatchNorm's bias of zeros, and the conv fusion with it)."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    draw = {"_mean": lambda n: rng.normal(0.0, 0.2, n), "_var": lambda n: rng.uniform(0.5, 2.0, n),
+            "_gamma": lambda n: rng.uniform(0.5, 1.5, n), "_beta": lambda n: rng.normal(0.0, 0.2, n)}
+    for v in net.variables:
+        for suffix, values in draw.items():
+            if v.path.endswith(suffix):
+                v.assign(values(v.shape).astype(np.float32))
+
+
 def child_export(c: Child) -> None:
     import numpy as np
 
@@ -682,6 +697,7 @@ def child_export(c: Child) -> None:
     t = time.perf_counter()
     desc = build_eval_network(c, cfg)
     net = compiler.compile_model(desc, compiler.EVAL_OPTIONS)
+    trained_like_statistics(net)
     c.result["build_s"] = time.perf_counter() - t
     record_network(c, net, include_aux=False)
     # What is timed is the SavedModel, exported in runtime.precision (export.export(precision=...)); a tfnas
