@@ -13,7 +13,7 @@ is the same. Such an export is compared with the float32 network on probe images
 images of the training size) before it is put in place, and the comparison travels with it in
 assets/export_check.json: a half-precision graph is a numerical change a user should see, not assume.
 
-The weights are written as constants of the serving graph (`freeze`), unless `keep_variables`
+The weights are written as constants of the serving graph (FrozenServingModule), unless `keep_variables`
 (export.keep_variables) asks for variables/: a call then reads no variables (hundreds of ReadVariableOps,
 a fixed cost that dominates a batch of one), and grappler computes what depends on the weights alone,
 such as a folded BatchNorm's kernel scales and the bfloat16 casts of the kernels, once when the model
@@ -26,7 +26,8 @@ import os
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2  # stable in the pinned TF range
+# private, stable in the pinned TF range (the TFLite converter's freezing)
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from tfnas import checkpoints, compiler, descriptors, files
 from tfnas.errors import UserError
@@ -72,7 +73,7 @@ class ServingModule(tf.Module):
 
 
 class FrozenServingModule(tf.Module):
-    """A ServingModule's signature with the network's weights as graph constants (export's `freeze`); the
+    """A ServingModule's signature with the network's weights as graph constants (module docstring); the
     assets travel with it, the variables do not."""
 
     def __init__(self, module: ServingModule):
@@ -87,6 +88,7 @@ class FrozenServingModule(tf.Module):
 
 
 def weight_bytes(net: compiler.NasModel) -> int:
+    """The bytes of the network's variables, as constants would hold them (against FREEZE_MAX_BYTES)."""
     return sum(int(np.prod(v.shape)) * tf.dtypes.as_dtype(v.dtype).size for v in net.variables)
 
 
@@ -139,7 +141,8 @@ def export(run_dir: str | os.PathLike, export_dir: str | os.PathLike | None = No
            version: int = 1, precision: int = pb.CompilerOptions.FLOAT32, keep_variables: bool = False
            ) -> files.AnyPath:
     """Writes the SavedModel; refuses to overwrite an existing version (bump `version` instead).
-    `keep_variables`: the weights as variables, not as constants of the serving graph (module docstring)."""
+    `keep_variables`: the weights as variables, not as constants of the serving graph (module docstring);
+    a network whose weights pass FREEZE_MAX_BYTES keeps them as variables in any case."""
     eval_dir = find_eval_dir(run_dir)
     base = files.path(export_dir) if export_dir else files.path(run_dir) / "export"
     target = base / model_name / str(version)
