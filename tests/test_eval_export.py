@@ -112,12 +112,12 @@ def test_export_keeps_variables_when_asked_and_serves_the_same(trained, exported
     assert not any("aux" in n or "drop_path" in n or "seed" in n for n in names)
     assert [n for n in function_nodes(kept) if n.op == "ReadVariableOp"]
     images = tf.constant(data_lib.load_dataset(config.load_config().data).test[0][:40])
-    a = tf.saved_model.load(str(kept)).signatures["serving_default"](images=images)
-    b = tf.saved_model.load(str(exported)).signatures["serving_default"](images=images)
+    serve_kept, serve_frozen = (tf.saved_model.load(str(d)).signatures["serving_default"] for d in (kept, exported))
+    a, b = serve_kept(images=images), serve_frozen(images=images)
     np.testing.assert_allclose(a["probabilities"].numpy(), b["probabilities"].numpy(), atol=1e-6)
     assert list(a["class_id"].numpy()) == list(b["class_id"].numpy())
     larger = tf.constant(np.repeat(np.repeat(images.numpy(), 2, axis=1), 2, axis=2))  # resized in the graph
-    a, b = (tf.saved_model.load(str(d)).signatures["serving_default"](images=larger) for d in (kept, exported))
+    a, b = serve_kept(images=larger), serve_frozen(images=larger)
     np.testing.assert_allclose(a["probabilities"].numpy(), b["probabilities"].numpy(), atol=1e-6)
 
 

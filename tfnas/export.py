@@ -115,12 +115,12 @@ def load_trained(eval_dir: files.AnyPath, options: pb.CompilerOptions = SERVING_
 
 def serving_options(precision: int = pb.CompilerOptions.FLOAT32) -> pb.CompilerOptions:
     """The serving network's options at `precision`. A bfloat16 graph folds its BatchNorms into the convs
-    before them (CompilerOptions.fold_batchnorm): unfolded, its 36- and 72-channel BatchNorms run in float32
-    between casts and fuse with nothing. A float32 graph needs no fold: grappler fuses each conv with its
-    inference BatchNorm by itself, where a folded graph would scale the kernels on every call, and its
-    remapper (TF 2.20) fails on the folded graph's conv + bias + node sum + ReLU where a cell's node sum
-    also feeds the cell's concat (bfloat16's ReLU is a Maximum, which that pattern does not match). Float16
-    is left unfolded until measured on the GPUs it is for."""
+    before them (CompilerOptions.fold_batchnorm): unfolded, its 36- and 72-channel BatchNorms run apart
+    from the convs (over padded channels, ops.batchnorm) and fuse with nothing. A float32 graph needs no
+    fold: grappler fuses each conv with its inference BatchNorm by itself, and its remapper (TF 2.20) fails
+    on the folded graph's conv + bias + node sum + ReLU where a cell's node sum also feeds the cell's concat
+    (bfloat16's ReLU is a Maximum, which that pattern does not match). Float16 is left unfolded until
+    measured on the GPUs it is for."""
     options = pb.CompilerOptions()
     options.CopyFrom(SERVING_OPTIONS)
     options.precision = precision
